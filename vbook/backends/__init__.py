@@ -1,0 +1,55 @@
+"""Where the models meet real things: vCPU backends (unicorn, /dev/kvm), tap, disk.
+
+``open_vcpu(guest, backend)`` gives a :class:`~vbook.backends.base.VCpu` with
+the guest loaded. ``backend="auto"`` takes real KVM when it can be used and
+unicorn otherwise; ``available()`` says which can be used here and why not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit, Regs, VCpu
+from vbook.errors import BackendUnavailable
+from vbook.guests.base import Guest
+
+BACKENDS = ("unicorn", "kvm")
+
+__all__ = ["BACKENDS", "Exit", "HypercallExit", "IoExit", "MmioExit", "Regs", "VCpu",
+           "available", "open_vcpu", "pick"]
+
+
+def _cls(name: str) -> Any:
+    if name == "unicorn":
+        from vbook.backends.unicorn_cpu import UnicornVcpu
+        return UnicornVcpu
+    if name == "kvm":
+        from vbook.backends.kvm import KvmVcpu
+        return KvmVcpu
+    raise BackendUnavailable(name, f"no such backend; choose one of {', '.join(BACKENDS)}")
+
+
+def available() -> dict[str, str | None]:
+    """Backend name → None if usable here, else the reason it is not."""
+    out: dict[str, str | None] = {}
+    for name in BACKENDS:
+        try:
+            _cls(name).check_available()
+            out[name] = None
+        except BackendUnavailable as e:
+            out[name] = e.reason
+        except ImportError as e:
+            out[name] = f"cannot import: {e}"
+    return out
+
+
+def pick(backend: str = "auto") -> str:
+    """Resolve "auto" to "kvm" when /dev/kvm is usable, else "unicorn"."""
+    if backend != "auto":
+        return backend
+    return "kvm" if available()["kvm"] is None else "unicorn"
+
+
+def open_vcpu(guest: Guest, backend: str = "unicorn", **kw: Any) -> VCpu:
+    """A vCPU of ``backend`` ("unicorn", "kvm" or "auto") with ``guest`` loaded."""
+    return _cls(pick(backend)).from_guest(guest, **kw)

@@ -1,0 +1,1 @@
+"""Pure, deterministic models of KVM and QEMU machinery (stdlib only)."""
