@@ -43,6 +43,16 @@ def _IOWR(nr: int, size: int) -> int:
     return _IOC(_IOC_READ | _IOC_WRITE, KVMIO, nr, size)
 
 
+def decode_ioctl(value: int) -> tuple[int, int, int, int]:
+    """Split a request number into (direction, type, nr, size) — the inverse of _IOC."""
+    return (
+        (value >> _IOC_DIRSHIFT) & 0x3,
+        (value >> _IOC_TYPESHIFT) & 0xFF,
+        (value >> _IOC_NRSHIFT) & 0xFF,
+        (value >> _IOC_SIZESHIFT) & ((1 << _IOC_SIZEBITS) - 1),
+    )
+
+
 # sizes of the structs the ioctls carry (x86-64, uapi 6.1; pinned by the oracle)
 SIZEOF_KVM_USERSPACE_MEMORY_REGION = 32
 SIZEOF_KVM_REGS = 144

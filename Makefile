@@ -1,0 +1,35 @@
+# vbook — two commands: `make lab` opens the book, `make test` checks it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: lab test bench chapters lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## make lab: create .venv, install vbook (editable) with its extras, open JupyterLab on chapters/
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab chapters/
+
+## make test: unit, property, oracle and conformance tests, then nbval over every chapter
+test: $(STAMP)
+	$(VENV)/bin/pytest -q tests --nbval chapters --nbval-current-env --nbval-cell-timeout=120 -p no:cacheprovider
+
+## make bench: print speed figures (exits/s on unicorn and /dev/kvm, import time, chapter times)
+bench: $(STAMP)
+	$(PY) tools/bench.py
+
+## make chapters: re-execute every chapter in place (stores outputs and widget state)
+chapters: $(STAMP)
+	$(PY) tools/execute_chapters.py chapters/*.ipynb
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check vbook tests tools
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
