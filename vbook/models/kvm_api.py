@@ -80,6 +80,11 @@ class Ioctl(IntEnum):
     SET_SREGS = _IOW(0x84, SIZEOF_KVM_SREGS)
     TRANSLATE = _IOWR(0x85, SIZEOF_KVM_TRANSLATION)
     ENABLE_CAP = _IOW(0xA3, SIZEOF_KVM_ENABLE_CAP)
+    SET_IDENTITY_MAP_ADDR = _IOW(0x48, 8)  # __u64
+    SET_CPUID2 = _IOW(0x90, 8)  # struct kvm_cpuid2 header (flexible array)
+    SET_MSRS = _IOW(0x89, 8)  # struct kvm_msrs header (flexible array)
+    IRQFD = _IOW(0x76, 32)  # struct kvm_irqfd
+    IOEVENTFD = _IOW(0x79, 64)  # struct kvm_ioeventfd
 
 
 class ExitReason(IntEnum):
