@@ -84,17 +84,21 @@ def run_guest(guest: Guest, backend: str = "unicorn", bus: Bus | None = None,
             if len(exits) >= max_exits:
                 raise BudgetExhausted(
                     f"guest {guest.name!r} made {max_exits} exits without halting")
+            entry_rip = vcpu.get_regs().rip
             rec.emit("qemu", "ioctl", "KVM_RUN", n=len(exits))
+            rec.emit("kvm", "entry", "VM entry", rip=entry_rip)
             exit = vcpu.run()
             exits.append(exit)
-            rec.emit("kvm", "exit", exit.reason.name, exit_reason=exit.exit_reason,
+            exit_rip = vcpu.get_regs().rip
+            rec.emit("guest", "run", "guest runs", rip=entry_rip, exit_rip=exit_rip)
+            rec.emit("kvm", "exit", f"KVM_EXIT_{exit.reason.name}", exit_reason=exit.exit_reason,
                      **_union(exit))
             reply = handle(exit, bus)
             if reply is not None:
                 vcpu.complete(reply)
             if exit.io is not None or exit.mmio is not None:
                 rec.emit("device", "io", str(exit), reply=reply.hex() if reply else None)
-            if exit.io is None and exit.mmio is None:
+            else:
                 # HLT, SHUTDOWN, or an exit this loop has no device for: stop
                 end = FINAL.get(exit.reason, exit.reason.name.lower())
         rec.emit("qemu", "stop", end)

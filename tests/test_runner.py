@@ -1,0 +1,106 @@
+"""The exit loop against a scripted vCPU: what crosses the boundary, and in what order."""
+
+import pytest
+
+import vbook.runner as runner
+from vbook.backends.base import Exit, IoExit, MmioExit, Regs, VCpu
+from vbook.bus import COM1, SimpleBus
+from vbook.errors import BudgetExhausted
+from vbook.guests.base import Guest
+from vbook.models.kvm_api import ExitReason, IoDirection
+from vbook.trace import Trace
+
+OUT_H = Exit(ExitReason.IO, io=IoExit(IoDirection.OUT, 1, COM1, 1, b"H"))
+IN_60 = Exit(ExitReason.IO, io=IoExit(IoDirection.IN, 2, 0x60, 1))
+MMIO_W = Exit(ExitReason.MMIO, mmio=MmioExit(0xD0000, 4, True, (0x1234).to_bytes(4, "little")))
+MMIO_R = Exit(ExitReason.MMIO, mmio=MmioExit(0xD0000, 4, False))
+HLT = Exit(ExitReason.HLT)
+
+
+class Scripted(VCpu):
+    backend = "unicorn"
+
+    def __init__(self, script):
+        self.script, self.completed, self.closed = list(script), [], False
+
+    @classmethod
+    def check_available(cls):
+        pass
+
+    @classmethod
+    def from_guest(cls, guest, **kw):
+        raise NotImplementedError
+
+    def run(self):
+        return self.script.pop(0)
+
+    def complete(self, data):
+        self.completed.append(data)
+
+    def get_regs(self):
+        return Regs(rip=0x1000)
+
+    def set_regs(self, regs):
+        pass
+
+    def read_memory(self, gpa, n):
+        return bytes(n)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    made = []
+
+    def fake_open(guest, backend, **kw):
+        made.append(Scripted(guest.inputs["script"]))
+        return made[-1]
+
+    monkeypatch.setattr(runner, "open_vcpu", fake_open)
+    monkeypatch.setattr(runner, "pick", lambda b: "unicorn")
+    return made
+
+
+def guest(script):
+    return Guest("t", 16, b"\xf4", "hlt", inputs={"script": script, 0x60: (0xBEEF,)})
+
+
+def test_devices_answer_and_the_loop_stops_at_hlt(scripted):
+    g = guest([OUT_H, IN_60, MMIO_W, MMIO_R, HLT])
+    bus = SimpleBus({0x60: [0xBEEF]})
+    r = runner.run_guest(g, bus=bus)
+    vcpu = scripted[0]
+    assert r.end == "hlt" and r.console == "H" and vcpu.closed
+    assert vcpu.completed == [b"\xef\xbe", (0x1234).to_bytes(4, "little")]
+    assert [e.reason.name for e in r.exits] == ["IO", "IO", "MMIO", "MMIO", "HLT"]
+    kinds = [(e.actor, e.kind) for e in r.trace]
+    assert kinds[:6] == [("qemu", "ioctl"), ("kvm", "entry"), ("guest", "run"), ("kvm", "exit"),
+                         ("device", "io"), ("qemu", "ioctl")]
+    assert kinds[-1] == ("qemu", "stop")
+    assert Trace.from_json(r.trace.to_json()) == r.trace
+    assert r.to_dict()["exits"][0] == {"reason": "IO", "direction": "out", "size": 1,
+                                       "port": COM1, "count": 1, "data": "48"}
+
+
+def test_shutdown_and_unknown_exits_end_the_run_by_name(scripted):
+    assert runner.run_guest(guest([OUT_H, Exit(ExitReason.SHUTDOWN, detail="triple fault")]),
+                            bus=SimpleBus()).end == "shutdown"
+    r = runner.run_guest(guest([Exit(ExitReason.INTERNAL_ERROR, detail="emulation")]),
+                         bus=SimpleBus())
+    assert r.end == "internal_error" and str(r.exits[0]) == "INTERNAL_ERROR (emulation)"
+
+
+def test_exit_budget(scripted):
+    with pytest.raises(BudgetExhausted, match="3 exits"):
+        runner.run_guest(guest([OUT_H] * 10), bus=SimpleBus(), max_exits=3)
+    assert scripted[0].closed
+
+
+def test_string_io_out_is_split_per_access():
+    bus = SimpleBus()
+    runner.handle(Exit(ExitReason.IO, io=IoExit(IoDirection.OUT, 1, COM1, 3, b"abc")), bus)
+    assert bus.console == "abc"
+    reply = runner.handle(Exit(ExitReason.IO, io=IoExit(IoDirection.IN, 1, 0x61, 2)), bus)
+    assert reply == b"\xff\xff"  # floating bus: all ones
