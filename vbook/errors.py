@@ -80,3 +80,14 @@ class VringError(VbookError):
 
 class PagingError(VbookError):
     """A page table is malformed in a way the walker cannot follow."""
+
+
+class UnknownExitReason(KvmError):
+    """KVM_RUN returned an ``exit_reason`` that is no ``KVM_EXIT_*`` vbook knows
+    (a kernel newer than the uapi headers the book is pinned to)."""
+
+    def __init__(self, exit_reason: int, message: str = ""):
+        self.ioctl, self.errno, self.exit_reason = "KVM_RUN", 0, exit_reason
+        VbookError.__init__(self, message or (
+            f"KVM_RUN returned exit_reason {exit_reason}, which is no KVM_EXIT_* of the uapi "
+            "headers vbook knows (a newer kernel?)"))

@@ -85,6 +85,8 @@ class Ioctl(IntEnum):
     SET_MSRS = _IOW(0x89, 8)  # struct kvm_msrs header (flexible array)
     IRQFD = _IOW(0x76, 32)  # struct kvm_irqfd
     IOEVENTFD = _IOW(0x79, 64)  # struct kvm_ioeventfd
+    GET_SUPPORTED_CPUID = _IOWR(0x05, 8)  # struct kvm_cpuid2 header (flexible array)
+    SET_SIGNAL_MASK = _IOW(0x8B, 4)  # struct kvm_signal_mask header (flexible array)
 
 
 class ExitReason(IntEnum):
