@@ -83,7 +83,39 @@ def _expectations() -> dict[str, tuple[str, int, bool]]:
     # the backends pack struct kvm_regs as Regs.FIELDS, 8 bytes each, in order
     for i, reg in enumerate(Regs.FIELDS):
         exp[f"offsetof(kvm_regs, {reg})"] = (f"offsetof(struct kvm_regs, {reg})", 8 * i, False)
+    # the kvm backend's struct.Struct layouts (vbook/backends/kvm_structs.py)
+    for key, (expr, value) in _kvm_structs().items():
+        exp[key] = (expr, value, False)
     return exp
+
+
+def _kvm_structs() -> dict[str, tuple[str, int]]:
+    """Sizes the kvm backend packs with :mod:`struct`; empty until that module exists."""
+    try:
+        from vbook.backends import kvm_structs as ks
+    except ImportError:
+        return {}
+    table = {
+        "kvm_structs.REGS": ("sizeof(struct kvm_regs)", "REGS"),
+        "kvm_structs.SEGMENT": ("sizeof(struct kvm_segment)", "SEGMENT"),
+        "kvm_structs.DTABLE": ("sizeof(struct kvm_dtable)", "DTABLE"),
+        "kvm_structs.SIZEOF_SREGS": ("sizeof(struct kvm_sregs)", "SIZEOF_SREGS"),
+        "kvm_structs.MEMORY_REGION": ("sizeof(struct kvm_userspace_memory_region)",
+                                      "MEMORY_REGION"),
+        "kvm_structs.TRANSLATION": ("sizeof(struct kvm_translation)", "TRANSLATION"),
+        "kvm_structs.CPUID2_HEADER": ("sizeof(struct kvm_cpuid2)", "CPUID2_HEADER"),
+        "kvm_structs.SIZEOF_CPUID_ENTRY2": ("sizeof(struct kvm_cpuid_entry2)",
+                                            "SIZEOF_CPUID_ENTRY2"),
+        "kvm_structs.RUN_IO": ("sizeof(((struct kvm_run *)0)->io)", "RUN_IO"),
+    }
+    out = {}
+    for key, (expr, attr) in table.items():
+        v = getattr(ks, attr, None)
+        if v is not None:
+            out[key] = (expr, v if isinstance(v, int) else v.size)
+    for i, seg in enumerate(getattr(ks, "SEGMENT_NAMES", ())):
+        out[f"kvm_structs.SEGMENT_NAMES[{i}]"] = (f"offsetof(struct kvm_sregs, {seg})", 24 * i)
+    return out
 
 
 EXPECTED = _expectations()
