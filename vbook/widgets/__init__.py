@@ -1,0 +1,44 @@
+"""Widgets that render a finished :class:`~vbook.trace.Trace`; they never compute a model.
+
+Each widget gets the whole trace in one synced traitlet and steps through it
+in the browser (``trace_player.js``), so it also animates in a static HTML
+export with no kernel. :func:`static_html` writes a self-contained page
+(ESM, CSS and trace inlined) for sites that cannot load the Jupyter widget
+manager.
+
+>>> from vbook.runner import run_guest                       # doctest: +SKIP
+>>> from vbook.guests import ALL                             # doctest: +SKIP
+>>> show_run(run_guest(ALL["hello"], "unicorn"))             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from vbook.widgets.player import (
+    StepError,
+    TracePlayer,
+    as_trace,
+    inline_widgets,
+    notebook_html,
+    static_html,
+)
+from vbook.widgets.run_loop import (
+    KvmRunView,
+    RunLoopTimeline,
+    RunView,
+    kvm_run_layout,
+    show_run,
+)
+
+__all__ = [
+    "KvmRunView",
+    "RunLoopTimeline",
+    "RunView",
+    "StepError",
+    "TracePlayer",
+    "as_trace",
+    "inline_widgets",
+    "kvm_run_layout",
+    "notebook_html",
+    "show_run",
+    "static_html",
+]
