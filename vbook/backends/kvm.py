@@ -45,6 +45,7 @@ from typing import Any
 from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit, Regs, VCpu, VcpuStats
 from vbook.backends.kvm_structs import (
     CPUID2_HEADER,
+    ENABLE_CAP,
     MEMORY_REGION,
     RUN_EX,
     RUN_EXIT_REASON,
@@ -239,12 +240,14 @@ class KvmVcpu(VCpu):
 
     backend = "kvm"
 
-    def __init__(self, guest: Guest, timeout: float = DEFAULT_TIMEOUT, dev: str | None = None):
+    def __init__(self, guest: Guest, timeout: float = DEFAULT_TIMEOUT, dev: str | None = None,
+                 hypercall_exit_enabled: int = 0):
         if not timeout > 0:
             raise VbookError(f"timeout must be a positive number of seconds, got {timeout!r}")
         _check_guest(guest)
         self.guest = guest
         self.timeout = float(timeout)
+        self.hypercall_exit_enabled = hypercall_exit_enabled
         self._counts = [0] * 64  # exits by exit_reason
         self._timeouts = 0
         self._exit_cache: dict[tuple, Exit] = {}
@@ -303,10 +306,17 @@ class KvmVcpu(VCpu):
             raise BackendUnavailable("kvm", _LIBC_PROBLEM)
 
     @classmethod
-    def from_guest(cls, guest: Guest, timeout: float = DEFAULT_TIMEOUT,
-                   dev: str | None = None) -> KvmVcpu:
-        """A fresh VM with ``guest`` loaded and its vCPU in real mode at ``guest.load_addr``."""
-        return cls(guest, timeout=timeout, dev=dev)
+    def from_guest(cls, guest: Guest, timeout: float = DEFAULT_TIMEOUT, dev: str | None = None,
+                   hypercall_exit_enabled: int = 0) -> KvmVcpu:
+        """A fresh VM with ``guest`` loaded and its vCPU in real mode at ``guest.load_addr``.
+
+        ``hypercall_exit_enabled`` is the mask of hypercall numbers (bit nr) KVM
+        should hand to user space as KVM_EXIT_HYPERCALL
+        (``KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)``; Linux 6.1 allows only
+        ``1 << KVM_HC_MAP_GPA_RANGE``).
+        """
+        return cls(guest, timeout=timeout, dev=dev,
+                   hypercall_exit_enabled=hypercall_exit_enabled)
 
     # --- set-up: the ioctl sequence of the module docstring ------------------------
 
@@ -323,6 +333,8 @@ class KvmVcpu(VCpu):
         if _LIBC_PROBLEM:
             raise BackendUnavailable("kvm", _LIBC_PROBLEM)
         self._vm = _ioctl(self._kvm, Ioctl.CREATE_VM, 0)
+        if self.hypercall_exit_enabled:
+            self._enable_hypercall_exit(self.hypercall_exit_enabled)
 
         # guest RAM: anonymous memory of this process, slot 0 at guest-physical 0
         self._mem = mmap.mmap(-1, guest.mem_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
@@ -354,6 +366,15 @@ class KvmVcpu(VCpu):
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
         mask = sum(1 << (int(s) - 1) for s in blocked if s != KICK_SIGNAL)
         _ioctl(self._vcpu, Ioctl.SET_SIGNAL_MASK, SIGNAL_MASK.pack(8, mask))
+
+    def _enable_hypercall_exit(self, mask: int) -> None:
+        supported = _ioctl(self._vm, Ioctl.CHECK_EXTENSION, Cap.EXIT_HYPERCALL)
+        if mask & ~supported:
+            raise BackendUnavailable("kvm", (
+                f"KVM_CAP_EXIT_HYPERCALL: this kernel hands hypercalls {supported:#x} to user "
+                f"space, not {mask:#x} (bit n = hypercall nr n)"))
+        _ioctl(self._vm, Ioctl.ENABLE_CAP,
+               ENABLE_CAP.pack(Cap.EXIT_HYPERCALL, 0, mask, 0, 0, 0))
 
     def _set_cpuid(self) -> None:
         """Give the guest the CPUID KVM supports (QEMU's -cpu host, roughly).

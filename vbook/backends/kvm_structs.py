@@ -144,6 +144,9 @@ TRANSLATION = struct.Struct("<QQBBB5x")  # linear_address, physical_address, val
 CPUID2_HEADER = struct.Struct("<II")  # nent, padding
 SIZEOF_CPUID_ENTRY2 = 40
 
+# --- struct kvm_enable_cap (104 bytes) ------------------------------------------------
+ENABLE_CAP = struct.Struct("<II4Q64x")  # cap, flags, args[4], pad[64]
+
 # --- struct kvm_signal_mask: __u32 len, then len bytes of sigset_t -----------------
 SIGNAL_MASK = struct.Struct("<IQ")  # len = 8 (the kernel's sigset_t on x86-64), the set
 
