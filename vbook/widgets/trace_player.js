@@ -328,7 +328,7 @@ function timelinePane(ctx) {
       const b = geo.boxes[k];
       const r = s("rect", {
         class: "vp-group" + (k % 2 ? " odd" : ""),
-        x: b.x0, y: 2, width: b.x1 - b.x0, height: HEIGHT - 4, rx: 5,
+        x: b.x0, y: 2, width: b.x1 - b.x0, height: HEIGHT - 4, rx: Math.min(5, (b.x1 - b.x0) / 4),
       }, root);
       const ex = grp.exit;
       let title = ex >= 0 ? `#${ctx.exitNo[ex]} ${ctx.events[ex].label}` : "setup";
@@ -730,6 +730,8 @@ function render({ model, el: host }) {
       return;
     }
     show(model.get("step"), 0);
+    // a view that stops only at exits starts at the first one
+    if (cur < stops[0]) go(stops[0], 0);
   }
 
   function show(step, animate) {
