@@ -432,26 +432,26 @@ class KvmVcpu(VCpu):
             direction, size, port, count, offset = RUN_IO.unpack_from(run, RUN_UNION)
             n = size * count
             if direction:  # KVM_EXIT_IO_OUT: the bytes are in the PIO data page
-                key = (size, port, count, run[offset:offset + n])
+                key = ("out", size, port, count, run[offset:offset + n])
                 exit = cache.get(key)
                 if exit is None:
-                    exit = Exit(_R_IO, io=IoExit(_IO_OUT, size, port, count, key[3]))
+                    exit = Exit(_R_IO, io=IoExit(_IO_OUT, size, port, count, key[4]))
             else:  # IN: user space answers into the same place
                 self._pending = ("IN", offset, n)
-                key = (size, port, count)
+                key = ("in", size, port, count)
                 exit = cache.get(key)
                 if exit is None:
                     exit = Exit(_R_IO, io=IoExit(_IO_IN, size, port, count))
         elif reason == _MMIO:
             phys_addr, data, length, is_write = RUN_MMIO.unpack_from(run, RUN_UNION)
             if is_write:
-                key = (phys_addr, length, data[:length])
+                key = ("write", phys_addr, length, data[:length])
                 exit = cache.get(key)
                 if exit is None:
-                    exit = Exit(_R_MMIO, mmio=MmioExit(phys_addr, length, True, key[2]))
+                    exit = Exit(_R_MMIO, mmio=MmioExit(phys_addr, length, True, key[3]))
             else:
                 self._pending = ("MMIO read", RUN_MMIO_DATA, length)
-                key = (phys_addr, length)
+                key = ("read", phys_addr, length)
                 exit = cache.get(key)
                 if exit is None:
                     exit = Exit(_R_MMIO, mmio=MmioExit(phys_addr, length, False))
