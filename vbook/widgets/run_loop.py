@@ -73,8 +73,12 @@ def kvm_run_layout() -> dict[str, Any]:
         "hypercalls": {str(int(h)): f"KVM_HC_{h.name}" for h in Hypercall},
         "pio_data_offset": KVM_PIO_PAGE_OFFSET * PAGE_SIZE,
         "header": [list(f) for f in KVM_RUN_HEADER],
+        # keyed by the exit_reason number, as the browser finds it in an exit event
         "union": {
-            reason: {"member": member, "fields": [list(f) for f in fields]}
+            str(int(ExitReason[reason])): {
+                "reason": f"KVM_EXIT_{reason}", "member": member,
+                "fields": [list(f) for f in fields],
+            }
             for reason, (member, fields) in KVM_RUN_UNION.items()
         },
     }

@@ -98,6 +98,8 @@ const LANE_OF = { guest: 0, kvm: 1, vhost: 1, qemu: 2, device: 2, host: 2 };
 const isExit = (ev) => ev.actor === "kvm" && ev.kind === "exit";
 const isIoctl = (ev) => ev.actor === "qemu" && ev.kind === "ioctl";
 const isRun = (ev) => isIoctl(ev) && ev.label === "KVM_RUN";
+const isGuestRun = (ev) => ev.actor === "guest" && ev.kind === "run";
+const reasonName = (ev) => String(ev.label || "").replace(/^KVM_EXIT_/, "");
 
 function makeContext(model) {
   const trace = model.get("trace") || {};
@@ -122,11 +124,12 @@ function makeContext(model) {
   let cur = null;
   events.forEach((ev, i) => {
     if (cur === null || isIoctl(ev)) {
-      cur = { start: i, end: i, exit: -1, reply: -1 };
+      cur = { start: i, end: i, exit: -1, reply: -1, guest: false };
       groups.push(cur);
     }
     cur.end = i;
     groupOf[i] = groups.length - 1;
+    if (ev.actor === "guest") cur.guest = true;
     if (cur.exit < 0 && isExit(ev)) cur.exit = i;
     else if (cur.exit >= 0 && cur.reply < 0 && ev.actor === "device") cur.reply = i;
   });
@@ -148,7 +151,7 @@ function makeContext(model) {
 function describeExit(ctx, i) {
   const ev = ctx.events[i];
   const d = ev.data || {};
-  let out = d.exit_reason !== undefined ? ctx.exitName(d.exit_reason) : `KVM_EXIT_${ev.label}`;
+  let out = d.exit_reason !== undefined ? ctx.exitName(d.exit_reason) : `KVM_EXIT_${reasonName(ev)}`;
   if (d.port !== undefined) {
     out += ` ${d.direction} port ${hex(ctx.val(i, "port"))} size ${d.size}`;
     if (d.count !== undefined && d.count !== 1) out += ` count ${d.count}`;
@@ -194,9 +197,26 @@ function describe(ctx, i) {
     return {
       text: `ioctl(vcpu_fd, ${ev.label})${nth}`,
       note: isRun(ev)
-        ? "QEMU asks the kernel to run the vCPU: KVM loads the guest state and enters the " +
-          "guest (vcpu_enter_guest); the guest runs until it does something the host must handle."
+        ? "QEMU's vCPU thread asks the kernel to run the vCPU: kvm_arch_vcpu_ioctl_run, which " +
+          "enters the guest (vcpu_enter_guest) and runs it until something needs the host."
         : "",
+    };
+  }
+  if (ev.actor === "kvm" && ev.kind === "entry") {
+    return {
+      text: `VM entry${d.rip !== undefined ? ` at rip ${hex(ctx.val(i, "rip"))}` : ""}`,
+      note:
+        "KVM loads the guest's state and switches the CPU to guest mode " +
+        "(VMLAUNCH/VMRESUME on Intel, VMRUN on AMD).",
+    };
+  }
+  if (isGuestRun(ev)) {
+    const from = d.rip !== undefined ? ` from rip ${hex(ctx.val(i, "rip"))}` : "";
+    const to = d.exit_rip !== undefined ? `, exits at rip ${hex(ctx.val(i, "exit_rip"))}` : "";
+    return {
+      text: `the guest runs${from}${to}`,
+      note: "Guest instructions run directly on the CPU; the host sees nothing until the guest " +
+        "does something it may not do on its own, and the CPU exits to KVM.",
     };
   }
   if (ev.actor === "device" && ev.kind === "io") {
@@ -225,6 +245,9 @@ function describe(ctx, i) {
 
 function shortLabel(ev) {
   if (isIoctl(ev)) return ev.label.replace(/^KVM_/, "");
+  if (isExit(ev)) return reasonName(ev);
+  if (ev.kind === "entry") return "entry";
+  if (isGuestRun(ev)) return "runs";
   if (ev.actor === "device") return "dev";
   if (ev.kind === "stop") return "stop";
   return (ev.label || ev.kind).split(/\s+/)[0];
@@ -232,7 +255,7 @@ function shortLabel(ev) {
 
 // --------------------------------------------------------------- timeline pane
 
-const ZOOMS = [4, 6, 9, 13, 18, 24, 30, 36, 46, 58];
+const ZOOMS = [4, 6, 9, 13, 18, 24, 30, 40, 50, 62];
 let arrowIds = 0; // marker ids must be unique on a page with several players
 
 function timelinePane(ctx) {
@@ -253,7 +276,7 @@ function timelinePane(ctx) {
       ]),
     ),
   );
-  let zoom = 36; // px per event slot
+  let zoom = 40; // px per event slot
   const zoomOut = h("button", { class: "vp-btn", title: "zoom out", text: "−" });
   const zoomIn = h("button", { class: "vp-btn", title: "zoom in", text: "+" });
   const zoomFit = h("button", { class: "vp-btn", title: "fit the whole run", text: "fit" });
@@ -278,9 +301,10 @@ function timelinePane(ctx) {
       for (let i = grp.start; i <= grp.end; i++) {
         const ev = evs[i];
         const lane = LANE_OF[ev.actor] ?? 2;
-        const p = { x: x + slotW / 2, lane, y: laneY(lane) };
-        x += slotW;
-        if (isRun(ev)) {
+        const w = isGuestRun(ev) ? slotW * 1.6 : slotW;
+        const p = { x: x + w / 2, w, lane, y: laneY(lane) };
+        x += w;
+        if (isRun(ev) && !grp.guest) {
           p.run = { x0: x + 1, x1: x + slotW * 1.3 - 1 };
           x += slotW * 1.3;
         }
@@ -331,7 +355,7 @@ function timelinePane(ctx) {
         x: b.x0, y: 2, width: b.x1 - b.x0, height: HEIGHT - 4, rx: Math.min(5, (b.x1 - b.x0) / 4),
       }, root);
       const ex = grp.exit;
-      let title = ex >= 0 ? `#${ctx.exitNo[ex]} ${ctx.events[ex].label}` : "setup";
+      let title = ex >= 0 ? `#${ctx.exitNo[ex]} ${reasonName(ctx.events[ex])}` : "setup";
       if (title.length * 6.5 > b.x1 - b.x0) title = ex >= 0 ? `${ctx.exitNo[ex]}` : "";
       if (title.length * 6.5 <= b.x1 - b.x0) {
         s("text", { class: "vp-group-title", x: b.x0 + 4, y: 14 }, root).textContent = title;
@@ -357,7 +381,7 @@ function timelinePane(ctx) {
     const markerLayer = s("g", {}, root);
     const boxEls = ctx.events.map((ev, i) => {
       const p = geo.pos[i];
-      const bw = slotW >= 12 ? slotW - 6 : Math.max(1.5, slotW * 0.6);
+      const bw = slotW >= 12 ? p.w - 6 : Math.max(1.5, p.w * 0.6);
       const cap = describe(ctx, i).text;
       if (p.run) {
         const rr = s("rect", {
@@ -367,9 +391,9 @@ function timelinePane(ctx) {
         tip(rr, "the guest runs");
         runEls[i] = rr;
       }
-      const gEl = s("g", { class: `vp-ev actor-${ev.actor}`, "data-i": i }, root);
+      const gEl = s("g", { class: `vp-ev actor-${ev.actor}${isGuestRun(ev) ? " run" : ""}`, "data-i": i }, root);
       s("rect", { x: p.x - bw / 2, y: p.y - BOX_H / 2, width: bw, height: BOX_H, rx: 4 }, gEl);
-      const maxChars = Math.floor((bw - 4) / 6.2);
+      const maxChars = Math.floor((bw - 4) / 5.7);
       if (maxChars >= 2) {
         let t = shortLabel(ev);
         if (t.length > maxChars) t = t.slice(0, maxChars - 1) + "…";
@@ -525,7 +549,7 @@ function kvmRunPane(ctx) {
         rows.push({ path: name, off: offsets[name], type, size, value: `${n} (${ctx.exitName(n)})` });
       }
     }
-    const u = (kr.union || {})[ev.label];
+    const u = (kr.union || {})[String(n)];
     if (u) {
       for (const f of u.fields) {
         const path = `${u.member}.${f[0]}`;
@@ -554,6 +578,7 @@ function kvmRunPane(ctx) {
     shown = i;
     if (i < 0) {
       head.textContent = "struct kvm_run — KVM_RUN has not returned yet";
+      table.style.display = "none";
       tbody.replaceChildren();
       map.replaceChildren();
       return;
@@ -563,6 +588,7 @@ function kvmRunPane(ctx) {
     const before = new Map(rowsFor(prevExit).map((r) => [r.path, r.value]));
     const rows = rowsFor(i);
     for (const r of rows) r.changed = before.get(r.path) !== r.value;
+    table.style.display = "";
     head.textContent =
       `struct kvm_run after exit ${k} of ${ctx.exits.length}` +
       (kr.sizeof ? ` (sizeof ${kr.sizeof})` : "") +
