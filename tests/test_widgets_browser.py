@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from test_widgets import hand_trace
 
+from vbook.trace import Trace
 from vbook.widgets import (
     KvmRunView,
     RunLoopTimeline,
     RunView,
+    TracePlayer,
     inline_widgets,
     static_html,
 )
@@ -142,6 +144,19 @@ def test_a_trace_without_guest_events_still_crosses_the_lanes(open_page):
     assert page.locator(".vp-run").count() == 5  # the guest's run drawn in for every KVM_RUN
     page.click(FWD)
     assert caption(page) == "KVM_EXIT_IO out port 0x3f8 size 1 data 48 ('H')"
+    assert problems == []
+
+
+def test_the_base_player_lists_any_trace_and_survives_an_empty_one(open_page):
+    body = static_html(hand_trace(), TracePlayer, full_page=False) + \
+        static_html(Trace(), TracePlayer, full_page=False)
+    page, problems = open_page(_page(body, "base"))
+    page.wait_for_function("document.querySelectorAll('.vbook-player').length === 2")
+    assert page.locator(".vp-events").first.locator("li").count() == 25
+    page.locator(FWD).first.click()
+    assert page.locator(".vp-events li.cur").first.get_attribute("data-i") == "1"
+    assert page.locator(".vp-caption-text").nth(1).inner_text() == "empty trace"
+    page.locator(PLAY).nth(1).click()  # nothing to play: no error
     assert problems == []
 
 
