@@ -1,0 +1,736 @@
+"""A vCPU on the unicorn emulator that exits like KVM: the book's portable backend.
+
+unicorn (QEMU's TCG as a library) runs the guest's real machine code. This
+module wraps it so that, seen from user space, it behaves like ``KVM_RUN``
+on ``/dev/kvm``: :meth:`UnicornVcpu.run` runs the guest until something a
+VMM must handle and returns the same :class:`~vbook.backends.base.Exit`
+objects :class:`~vbook.backends.kvm.KvmVcpu` returns. How each exit is made:
+
+**Port I/O** — ``UC_HOOK_INSN`` hooks on IN and OUT stop the emulator in the
+hook (``emu_stop``), which ends emulation right after that instruction.
+OUT: ``Exit(IO, IoExit(OUT, size, port, 1, data))``, RIP past the OUT. IN:
+the exit reaches the caller *before* the value exists, as on KVM: RAX and RIP
+are put back as they were (RIP on the IN), the caller answers with
+:meth:`~UnicornVcpu.complete`, and the next :meth:`~UnicornVcpu.run` writes
+the bytes into AL/AX/EAX (a 4-byte IN clears RAX[63:32], like KVM's
+``complete_fast_pio_in``) and moves RIP past the IN. If user space moved RIP
+meanwhile, the IN is dropped, as KVM does. String I/O (INS/OUTS) raises
+:class:`~vbook.errors.GuestFault` ("not supported").
+
+**MMIO** — RAM is one unicorn mapping of ``mem_size`` bytes at 0; every other
+guest-physical address is left unmapped. ``UC_HOOK_MEM_{READ,WRITE}_UNMAPPED``
+fire before such an access with the guest-physical address and size (and the
+value, for a store); the hook stops emulation with RIP still on the
+instruction. A load becomes ``Exit(MMIO, MmioExit(gpa, len, False))`` at once
+(RIP on the instruction, as on KVM). To finish an instruction, a temporary
+page is mapped over each address it touched, holding the bytes
+:meth:`~UnicornVcpu.complete` supplied, exactly one instruction is executed
+(``emu_start(count=1)``) while a write hook records stores into those pages,
+and the pages are unmapped again. Every recorded store is one
+``Exit(MMIO, MmioExit(gpa, len, True, data))`` reported *after* the
+instruction completed (RIP past it), as KVM's emulator does; so a
+read-modify-write gives a read exit and then a write exit, and an 8-byte
+access is one exit of length 8.
+
+**HLT** — unicorn cannot hook HLT; ``emu_start`` returns with RIP just past
+it. A ``UC_HOOK_BLOCK`` hook remembers the last translation block; it was a
+HLT if that block ended exactly at RIP with the byte 0xF4 (HLT always ends a
+block), so a budget that runs out after some other instruction ending in
+0xF4 is never mistaken for one.
+
+**VMCALL / VMMCALL** — both raise "invalid instruction" in unicorn; the
+``UC_HOOK_INSN_INVALID`` hook hands them to
+:func:`vbook.models.hypercall.kvm_emulate_hypercall` (CPL and long mode taken
+from the vCPU). Handled "in the kernel": RAX = result (32 bits outside 64-bit
+mode), RIP += 3, the guest runs on, no exit. ``KVM_HC_MAP_GPA_RANGE`` with
+``hypercall_exit_enabled`` set: ``Exit(HYPERCALL, hypercall=...)`` with RIP
+on the VMCALL; :meth:`~UnicornVcpu.complete` takes the 8-byte ``ret``.
+
+**Exceptions and triple faults** — unicorn delivers no exceptions through
+the guest's IDT; ``UC_HOOK_INTR`` (and the invalid-instruction hook, for #UD)
+sees the vector. vbook models only whether delivery is *possible*: vector
+*v*'s gate must lie within IDTR.limit (4 bytes per vector in real mode, 8 in
+protected mode, 16 in long mode) and, outside real mode, be present. If *v*
+cannot be delivered the CPU raises #GP (13); if that cannot be delivered
+either, #DF (8); if #DF cannot be delivered the CPU shuts down — a triple
+fault, ``Exit(SHUTDOWN, detail="triple fault")``. If some vector on that
+chain *can* be delivered, :class:`~vbook.errors.GuestFault` is raised with
+that vector and RIP: the guest has a handler, but this backend does not
+follow it there (KVM would).
+
+**Fetch from an address with no RAM** — ``Exit(INTERNAL_ERROR)`` with detail
+"suberror 1 (EMULATION) …", the exit KVM gives when it cannot fetch the
+instruction to emulate (measured: a far jump past RAM).
+
+**Budget** — every :meth:`~UnicornVcpu.run` may execute at most ``budget``
+instructions (``emu_start(count=budget)``); a guest that runs that long
+without an exit raises :class:`~vbook.errors.BudgetExhausted` naming RIP and
+the budget (KVM's equivalent is a time limit). The vCPU stays usable.
+
+**Modes** — the guest starts like a reset CPU in real mode (CS = DS = ES =
+SS = 0, IP = ``load_addr``, IDTR/GDTR limit 0xffff as KVM sets them) and may
+switch itself to protected or long mode. unicorn is opened in its 64-bit
+mode, so that RIP and R8–R15 can be read and written whatever the guest
+does, and loaded with the register state of a unicorn CPU reset into real
+mode (a saved context of a 16-bit engine): the guest's own CR0/CR4/EFER
+writes and far jumps then move it between modes as on hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit, Regs, VCpu, VcpuStats
+from vbook.errors import (
+    BackendUnavailable,
+    BudgetExhausted,
+    GuestError,
+    GuestFault,
+    MemoryAccessError,
+    VbookError,
+)
+from vbook.guests.base import Guest
+from vbook.models.kvm_api import ExitReason, IoDirection
+
+PAGE = 0x1000
+DEFAULT_BUDGET = 1_000_000
+
+VMCALL = b"\x0f\x01\xc1"  # Intel
+VMMCALL = b"\x0f\x01\xd9"  # AMD
+HYPERCALL_LEN = 3
+
+#: exception names by vector (SDM Vol. 3A, "Exception and Interrupt Vectors")
+VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+                8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+                17: "#AC", 18: "#MC", 19: "#XM"}
+GP, DF, UD = 13, 8, 6
+
+_MSR_EFER = 0xC0000080
+_EFER_LMA = 1 << 10
+_CR0_PE, _CR0_PG = 1 << 0, 1 << 31
+_CR4_PSE, _CR4_PAE = 1 << 4, 1 << 5
+_UNTIL = 2**64 - 1  # an emu_start end address no guest reaches
+_MASK64 = 2**64 - 1
+_ADDR = 0x000F_FFFF_FFFF_F000  # physical-address bits of a 64-bit paging entry
+_STRING_IO = frozenset((0x6C, 0x6D, 0x6E, 0x6F))  # INS, OUTS
+_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3))
+
+_R_IO, _R_MMIO = ExitReason.IO, ExitReason.MMIO
+_IN, _OUT = IoDirection.IN, IoDirection.OUT
+
+
+def _unicorn() -> Any:
+    """The unicorn module, or BackendUnavailable saying why it cannot be used."""
+    try:
+        import unicorn
+    except ImportError as e:
+        raise BackendUnavailable("unicorn", (
+            f"the unicorn package cannot be imported ({e}); "
+            "pip install 'unicorn>=2.1.4,<2.2'")) from None
+    version = getattr(unicorn, "__version__", "0")
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        major, minor = 0, 0
+    if (major, minor) < (2, 1):
+        raise BackendUnavailable("unicorn", (
+            f"unicorn {version} is too old: vbook needs 2.1 (pip install 'unicorn>=2.1.4,<2.2')"))
+    return unicorn
+
+
+@dataclass
+class _Access:
+    """One guest-physical access of the instruction being finished."""
+
+    gpa: int
+    size: int
+    is_write: bool
+    data: bytes | None = None  # a store's bytes, or a load's answer once complete() gave it
+
+
+class UnicornVcpu(VCpu):
+    """One vCPU on unicorn with ``guest`` loaded, driven like KVM_RUN (see the module doc).
+
+    ``budget`` caps the instructions of one :meth:`run`;
+    ``hypercall_exit_enabled`` is the mask a VMM would pass to
+    ``KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)`` (bit 12: ``KVM_HC_MAP_GPA_RANGE``).
+    """
+
+    backend = "unicorn"
+
+    def __init__(self, guest: Guest, budget: int = DEFAULT_BUDGET,
+                 hypercall_exit_enabled: int = 0):
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
+            raise VbookError(f"budget must be a positive number of instructions, got {budget!r}")
+        if not isinstance(hypercall_exit_enabled, int) or hypercall_exit_enabled < 0:
+            raise VbookError("hypercall_exit_enabled must be a non-negative bit mask, "
+                             f"got {hypercall_exit_enabled!r}")
+        _check_guest(guest)
+        uc_mod = _unicorn()
+        from unicorn import x86_const as x
+
+        self.guest = guest
+        self.budget = budget
+        self.hypercall_exit_enabled = hypercall_exit_enabled
+        self.mem_size = guest.mem_size
+        self._x = x
+        self._UcError = uc_mod.UcError
+        self._counts: dict[str, int] = {}
+        self._runs = 0
+        self._exit_cache: dict[tuple, Exit] = {}
+        self._event: tuple | None = None  # what a hook saw during the last emu_start
+        self._last_block = (0, 0)  # (linear address, size) of the last translation block
+        self._pending: tuple | None = None  # an exit waiting for complete()
+        self._answer: bytes | None = None  # what complete() gave for it
+        self._insn: list[_Access] | None = None  # MMIO accesses of an unfinished instruction
+        self._queued: list[Exit] = []  # more exits of an instruction that already finished
+        self._string_io: dict[int, bool] = {}  # RIP of an IN/OUT -> is it INS/OUTS?
+        self._dead = ""
+
+        # unicorn's 64-bit mode (RIP, R8-R15 readable in every mode) holding the
+        # register state of a CPU reset into real mode (see the module docstring)
+        real = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_16)
+        reset_context = real.context_save()
+        uc = self._uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
+        uc.context_restore(reset_context)
+        del real
+        uc.mem_map(0, guest.mem_size, uc_mod.UC_PROT_ALL)
+        uc.mem_write(guest.load_addr, guest.code)
+        uc.reg_write(x.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))  # as KVM's vCPU reset
+        uc.reg_write(x.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+        uc.reg_write(x.UC_X86_REG_RSP, guest.stack_top)
+        uc.reg_write(x.UC_X86_REG_RFLAGS, 0x2)
+        uc.reg_write(x.UC_X86_REG_RIP, guest.load_addr)
+
+        uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_out, None, 1, 0, x.UC_X86_INS_OUT)
+        uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_in, None, 1, 0, x.UC_X86_INS_IN)
+        uc.hook_add(uc_mod.UC_HOOK_MEM_READ_UNMAPPED | uc_mod.UC_HOOK_MEM_WRITE_UNMAPPED,
+                    self._hook_unmapped)
+        uc.hook_add(uc_mod.UC_HOOK_MEM_FETCH_UNMAPPED, self._hook_fetch_unmapped)
+        uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, self._hook_invalid)
+        uc.hook_add(uc_mod.UC_HOOK_INTR, self._hook_intr)
+        uc.hook_add(uc_mod.UC_HOOK_BLOCK, self._hook_block)
+        self._uc_mod = uc_mod
+
+    # --- the VCpu interface ------------------------------------------------------------
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise :class:`~vbook.errors.BackendUnavailable` if unicorn cannot be used here."""
+        _unicorn()
+
+    @classmethod
+    def from_guest(cls, guest: Guest, budget: int = DEFAULT_BUDGET,
+                   hypercall_exit_enabled: int = 0, **kw: Any) -> UnicornVcpu:
+        """A vCPU with ``guest`` loaded, in real mode at ``guest.load_addr``.
+
+        ``timeout`` and ``dev`` (options of the KVM backend) are accepted and
+        ignored, so ``open_vcpu(guest, "auto", timeout=...)`` works on both.
+        """
+        unknown = set(kw) - {"timeout", "dev"}
+        if unknown:
+            raise VbookError(f"unicorn backend: unknown option(s) {', '.join(sorted(unknown))}; "
+                             "it takes budget= and hypercall_exit_enabled=")
+        return cls(guest, budget=budget, hypercall_exit_enabled=hypercall_exit_enabled)
+
+    def run(self) -> Exit:
+        """Run the guest until its next exit to user space (KVM_RUN) and return the exit."""
+        if self._uc is None:
+            raise VbookError("this UnicornVcpu is closed")
+        if self._dead:
+            raise VbookError(f"the vCPU {self._dead}; make a new one to run the guest again")
+        pending = self._pending
+        if pending is not None:
+            if pending[0] != "HYPERCALL" and self._answer is None:
+                raise VbookError(
+                    f"the {pending[0]} of the last exit is waiting for data: call "
+                    f"complete(<{pending[1]} bytes>) before run()")
+            self._resume(pending, self._answer)
+        self._runs += 1
+        if self._queued:
+            return self._count(self._queued.pop(0))
+        if self._insn is not None:
+            exit = self._finish_insn()
+            if exit is not None:
+                return self._count(exit)
+        return self._count(self._run_guest())
+
+    def complete(self, data: bytes) -> None:
+        """Answer the pending IN or MMIO read (``len(data)`` bytes), or a HYPERCALL (8 bytes).
+
+        Nothing happens to the guest until the next :meth:`run`, which
+        finishes the instruction, as KVM's ``complete_userspace_io`` does.
+        """
+        if self._uc is None:
+            raise VbookError("this UnicornVcpu is closed")
+        data = bytes(data)
+        pending = self._pending
+        if pending is None or self._answer is not None:
+            raise VbookError("complete(): no IN, MMIO read or HYPERCALL is waiting for data")
+        if len(data) != pending[1]:
+            raise VbookError(
+                f"complete(): the pending {pending[0]} needs {pending[1]} bytes, got {len(data)}")
+        self._answer = data
+
+    def get_regs(self) -> Regs:
+        """RAX..R15, RIP and RFLAGS (``struct kvm_regs``)."""
+        self._check_open()
+        return Regs(*self._uc.reg_read_batch(self._reg_ids()))
+
+    def set_regs(self, regs: Regs) -> None:
+        self._check_open()
+        values = [getattr(regs, f) & _MASK64 for f in Regs.FIELDS]
+        self._uc.reg_write_batch(list(zip(self._reg_ids(), values, strict=True)))
+
+    def read_memory(self, gpa: int, n: int) -> bytes:
+        """``n`` bytes of guest RAM at ``gpa`` (the memory slot; MMIO has no bytes to read)."""
+        self._check_open()
+        if gpa < 0 or n < 0 or gpa + n > self.mem_size:
+            raise MemoryAccessError(gpa, n, self.mem_size)
+        return bytes(self._uc.mem_read(gpa, n))
+
+    def write_memory(self, gpa: int, data: bytes) -> None:
+        """Write ``data`` into guest RAM at ``gpa``."""
+        self._check_open()
+        if gpa < 0 or gpa + len(data) > self.mem_size:
+            raise MemoryAccessError(gpa, len(data), self.mem_size)
+        self._uc.mem_write(gpa, bytes(data))
+
+    def close(self) -> None:
+        """Drop the emulator (and with it the guest's RAM). Safe to call twice."""
+        self._uc = None
+        self._pending = self._answer = self._insn = None
+        self._queued = []
+
+    @property
+    def closed(self) -> bool:
+        return self._uc is None
+
+    @property
+    def stats(self) -> VcpuStats:
+        """run() calls and exits by reason (unicorn does not count instructions cheaply)."""
+        return VcpuStats(runs=self._runs, exits=dict(self._counts))
+
+    @property
+    def engine(self) -> Any:
+        """The ``unicorn.Uc`` underneath, for readers who want to look (not needed to run)."""
+        self._check_open()
+        return self._uc
+
+    def cpu_mode(self) -> int:
+        """The mode the guest runs in now: 16 (real), 32 (protected) or 64 (long, CS.L = 1)."""
+        self._check_open()
+        base, lm, bits = self._cs_info()
+        return 64 if lm else bits
+
+    def __repr__(self) -> str:
+        state = "closed" if self._uc is None else f"{self._runs} runs"
+        return f"UnicornVcpu({self.guest.name!r}, budget={self.budget:,}, {state})"
+
+    # --- running --------------------------------------------------------------------------
+
+    def _run_guest(self) -> Exit:
+        uc, x = self._uc, self._x
+        self._event = None
+        rip = uc.reg_read(x.UC_X86_REG_RIP)
+        try:
+            uc.emu_start(rip, _UNTIL, 0, self.budget)
+        except self._UcError as e:
+            return self._after_error(e)
+        ev = self._event
+        if ev is None:
+            return self._hlt_or_budget()
+        kind = ev[0]
+        if kind == "out":
+            _, port, size, value = ev
+            key = ("out", port, size, value)
+            exit = self._exit_cache.get(key)
+            if exit is None:
+                data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+                exit = self._cache(key, Exit(_R_IO, io=IoExit(_OUT, size, port, 1, data)))
+            return exit
+        if kind == "in":
+            _, port, size, in_rip, rax = ev
+            next_rip = uc.reg_read(x.UC_X86_REG_RIP)
+            uc.reg_write(x.UC_X86_REG_RAX, rax)  # the IN has not happened yet (KVM: RIP on it)
+            uc.reg_write(x.UC_X86_REG_RIP, in_rip)
+            self._pending, self._answer = ("IN", size, port, in_rip, next_rip), None
+            key = ("in", port, size)
+            exit = self._exit_cache.get(key)
+            if exit is None:
+                exit = self._cache(key, Exit(_R_IO, io=IoExit(_IN, size, port, 1)))
+            return exit
+        if kind == "intr":
+            return self._exception(ev[1], ev[2])
+        if kind == "string_io":
+            raise GuestFault(
+                f"string I/O ({ev[1]}) at RIP {ev[2]:#x}: INS/OUTS are not supported by the "
+                "unicorn backend (KVM would give one exit with count > 1)", rip=ev[2])
+        raise VbookError(f"unicorn backend: unexpected event {ev!r}")  # pragma: no cover
+
+    def _after_error(self, err: Exception) -> Exit:
+        """emu_start failed: a hook refused an access or an instruction; decide the exit."""
+        uc, x = self._uc, self._x
+        ev, self._event = self._event, None
+        rip = uc.reg_read(x.UC_X86_REG_RIP)
+        if ev is None:
+            raise GuestFault(f"unicorn stopped the guest at RIP {rip:#x}: {err}", rip=rip)
+        kind = ev[0]
+        if kind == "mmio":
+            _, gpa, size, is_write, data = ev
+            self._insn = [_Access(gpa, size, is_write, data)]
+            if is_write:  # KVM reports a store once the instruction is done
+                exit = self._finish_insn()
+                if exit is None:  # pragma: no cover - the store is always seen again
+                    return self._run_guest()
+                return exit
+            return self._mmio_read_exit(gpa, size)
+        if kind == "fetch":
+            self._dead = "stopped on an emulation failure"
+            return Exit(ExitReason.INTERNAL_ERROR, detail=(
+                f"suberror 1 (EMULATION), instruction fetch from {ev[1]:#x}: "
+                "no memory slot there"))
+        if kind == "intr":
+            return self._exception(ev[1], ev[2])
+        if kind == "hypercall":
+            _, hc, longmode = ev
+            self._pending, self._answer = ("HYPERCALL", 8, longmode), None
+            return Exit(ExitReason.HYPERCALL, hypercall=hc)
+        raise GuestFault(f"unicorn stopped the guest at RIP {rip:#x}: {err}", rip=rip)
+
+    def _hlt_or_budget(self) -> Exit:
+        """emu_start returned without a hook stopping it: HLT, or the budget ran out."""
+        uc, x = self._uc, self._x
+        rip = uc.reg_read(x.UC_X86_REG_RIP)
+        cs_base, _, _ = self._cs_info()
+        block, size = self._last_block
+        end = block + size
+        if size and end == cs_base + rip and self._read_linear(end - 1, 1) == b"\xf4":
+            return Exit(ExitReason.HLT)
+        here = self._read_linear(cs_base + rip, 4)
+        where = here.hex(" ") if here else "not in RAM"
+        raise BudgetExhausted(
+            f"guest {self.guest.name!r} ran {self.budget:,} instructions without an exit "
+            f"(a runaway guest?); stopped at RIP {rip:#x} (bytes there: {where}). "
+            "Raise budget= if it is just long.")
+
+    def _resume(self, pending: tuple, answer: bytes | None) -> None:
+        """Finish what the last exit left open (KVM: ``complete_userspace_io``)."""
+        uc, x = self._uc, self._x
+        self._pending = self._answer = None
+        kind = pending[0]
+        if kind == "IN":
+            _, size, _, in_rip, next_rip = pending
+            if uc.reg_read(x.UC_X86_REG_RIP) != in_rip:
+                return  # user space moved RIP: KVM drops the IN (kvm_is_linear_rip)
+            assert answer is not None
+            value = int.from_bytes(answer, "little")
+            if size < 4:
+                mask = (1 << 8 * size) - 1
+                value |= uc.reg_read(x.UC_X86_REG_RAX) & ~mask & _MASK64
+            uc.reg_write(x.UC_X86_REG_RAX, value)
+            uc.reg_write(x.UC_X86_REG_RIP, next_rip)
+        elif kind == "MMIO read":
+            assert self._insn is not None and answer is not None
+            self._insn[-1].data = answer
+        elif kind == "HYPERCALL":
+            from vbook.models.hypercall import complete_hypercall_exit
+
+            ret = int.from_bytes(answer, "little") if answer is not None else 0
+            uc.reg_write(x.UC_X86_REG_RAX, complete_hypercall_exit(ret, pending[2]))
+            uc.reg_write(x.UC_X86_REG_RIP, uc.reg_read(x.UC_X86_REG_RIP) + HYPERCALL_LEN)
+
+    def _mmio_read_exit(self, gpa: int, size: int) -> Exit:
+        self._pending, self._answer = ("MMIO read", size), None
+        key = ("mmio_r", gpa, size)
+        exit = self._exit_cache.get(key)
+        if exit is None:
+            exit = self._cache(key, Exit(_R_MMIO, mmio=MmioExit(gpa, size, False)))
+        return exit
+
+    def _finish_insn(self) -> Exit | None:
+        """Execute the instruction whose MMIO accesses are in ``self._insn``, exactly once.
+
+        Temporary pages stand in for the device: a load finds the bytes
+        complete() gave, a store lands there and is recorded. Returns the
+        first exit the instruction produced (a new load, or its first store)
+        or None if it finished without one.
+        """
+        uc, x, ucm = self._uc, self._x, self._uc_mod
+        accesses = self._insn
+        assert accesses is not None
+        rip = uc.reg_read(x.UC_X86_REG_RIP)
+        for _ in range(8):  # one more MMIO address per round; an instruction touches few
+            pages = sorted({p for a in accesses
+                            for p in range(a.gpa & ~(PAGE - 1), a.gpa + a.size, PAGE)})
+            if pages[0] < self.mem_size:
+                self._insn = None
+                raise GuestFault(
+                    f"an access at RIP {rip:#x} touches both RAM and MMIO "
+                    f"(guest-physical {accesses[-1].gpa:#x}, {accesses[-1].size} bytes): "
+                    "not supported by the unicorn backend", rip=rip)
+            stores: list[tuple[int, int, int]] = []
+            for p in pages:
+                uc.mem_map(p, PAGE, ucm.UC_PROT_READ | ucm.UC_PROT_WRITE)
+            hook = None
+            try:
+                for a in accesses:
+                    if not a.is_write and a.data is not None:
+                        uc.mem_write(a.gpa, a.data)
+                hook = uc.hook_add(ucm.UC_HOOK_MEM_WRITE, _record_store, stores, pages[0],
+                                   pages[-1] + PAGE - 1)
+                self._event = None
+                error = None
+                try:
+                    uc.emu_start(rip, _UNTIL, 0, 1)
+                except self._UcError as e:
+                    error = e
+            finally:
+                if hook is not None:
+                    uc.hook_del(hook)
+                for p in pages:
+                    uc.mem_unmap(p, PAGE)
+            ev, self._event = self._event, None
+            if error is not None:
+                if ev is not None and ev[0] == "mmio":
+                    _, gpa, size, is_write, data = ev
+                    accesses.append(_Access(gpa, size, is_write, data))
+                    if is_write:
+                        continue  # map it too and run the instruction again
+                    return self._mmio_read_exit(gpa, size)
+                self._insn = None
+                self._event = ev
+                return self._after_error(error)
+            self._insn = None
+            if ev is not None:  # the instruction raised an exception after its MMIO access
+                if ev[0] == "intr":
+                    return self._exception(ev[1], ev[2])
+                raise VbookError(f"unicorn backend: unexpected {ev!r} in an MMIO instruction")
+            exits = [Exit(_R_MMIO, mmio=MmioExit(
+                addr, size, True, (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")))
+                for addr, size, value in stores]
+            if not exits:
+                return None
+            self._queued.extend(exits[1:])
+            return exits[0]
+        raise GuestFault(f"the instruction at RIP {rip:#x} touches too many MMIO addresses "
+                         "for the unicorn backend", rip=rip)
+
+    # --- exceptions, triple fault ------------------------------------------------------
+
+    def _exception(self, vector: int, rip: int) -> Exit:
+        """Model delivery of ``vector``: SHUTDOWN if nothing on #v -> #GP -> #DF can be delivered."""
+        chain = [DF] if vector == DF else [GP, DF] if vector == GP else [vector, GP, DF]
+        tried = []
+        for v in chain:
+            why = self._undeliverable(v)
+            if why is None:
+                first = _vname(vector)
+                via = f" (while delivering {' -> '.join(tried)})" if tried else ""
+                raise GuestFault(
+                    f"guest raised {first} at RIP {rip:#x}; its IDT can deliver {_vname(v)}"
+                    f"{via}, but the unicorn backend does not run guest exception handlers "
+                    "(KVM would)", vector=v, rip=rip)
+            tried.append(f"{_vname(v)}: {why}")
+        self._dead = "shut down (triple fault)"
+        return Exit(ExitReason.SHUTDOWN, detail="triple fault")
+
+    def _undeliverable(self, vector: int) -> str | None:
+        """Why the guest's IDT cannot deliver ``vector`` (None if it can)."""
+        uc, x = self._uc, self._x
+        _, base, limit, _ = uc.reg_read(x.UC_X86_REG_IDTR)
+        cr0 = uc.reg_read(x.UC_X86_REG_CR0)
+        if not cr0 & _CR0_PE:
+            if vector * 4 + 3 > limit:
+                return f"IVT entry {vector * 4:#x}..{vector * 4 + 3:#x} beyond IDTR.limit {limit:#x}"
+            return None
+        size = 16 if uc.msr_read(_MSR_EFER) & _EFER_LMA else 8
+        if vector * size + size - 1 > limit:
+            return f"IDT gate at {vector * size:#x} beyond IDTR.limit {limit:#x}"
+        gate = self._read_linear(base + vector * size, 8)
+        if gate is None:
+            return f"IDT gate at linear {base + vector * size:#x} is not in RAM"
+        if not gate[5] & 0x80:
+            return "IDT gate not present"
+        return None
+
+    # --- hooks (called by unicorn during emu_start) --------------------------------------
+
+    def _hook_out(self, uc: Any, port: int, size: int, value: int, _: Any) -> None:
+        if self._is_string_io(uc):
+            self._event = ("string_io", "OUTS", uc.reg_read(self._x.UC_X86_REG_RIP))
+        else:
+            self._event = ("out", port, size, value)
+        uc.emu_stop()
+
+    def _hook_in(self, uc: Any, port: int, size: int, _: Any) -> int:
+        x = self._x
+        rip = uc.reg_read(x.UC_X86_REG_RIP)
+        rax = uc.reg_read(x.UC_X86_REG_RAX)
+        if self._is_string_io(uc):
+            self._event = ("string_io", "INS", rip)
+        else:
+            self._event = ("in", port, size, rip, rax)
+        uc.emu_stop()
+        return rax & ((1 << 8 * size) - 1)  # a placeholder; run() restores RAX anyway
+
+    def _is_string_io(self, uc: Any) -> bool:
+        rip = uc.reg_read(self._x.UC_X86_REG_RIP)
+        known = self._string_io.get(rip)
+        if known is None:
+            cs_base, lm, _ = self._cs_info()
+            code = self._read_linear(cs_base + rip, 15) or b""
+            i = 0
+            while i < len(code) and (code[i] in _PREFIXES or (lm and 0x40 <= code[i] <= 0x4F)):
+                i += 1
+            known = self._string_io[rip] = i < len(code) and code[i] in _STRING_IO
+        return known
+
+    def _hook_unmapped(self, uc: Any, access: int, addr: int, size: int, value: int,
+                       _: Any) -> bool:
+        is_write = access == self._uc_mod.UC_MEM_WRITE_UNMAPPED
+        data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little") if is_write else None
+        self._event = ("mmio", addr, size, is_write, data)
+        return False
+
+    def _hook_fetch_unmapped(self, uc: Any, access: int, addr: int, size: int, value: int,
+                             _: Any) -> bool:
+        self._event = ("fetch", addr)
+        return False
+
+    def _hook_intr(self, uc: Any, intno: int, _: Any) -> None:
+        self._event = ("intr", intno, uc.reg_read(self._x.UC_X86_REG_RIP))
+        uc.emu_stop()
+
+    def _hook_block(self, uc: Any, address: int, size: int, _: Any) -> None:
+        self._last_block = (address, size)
+
+    def _hook_invalid(self, uc: Any, _: Any) -> bool:
+        """#UD in unicorn: VMCALL/VMMCALL become hypercalls; anything else is vector 6."""
+        x = self._x
+        rip = uc.reg_read(x.UC_X86_REG_RIP)
+        cs_base, longmode, _ = self._cs_info()
+        insn = self._read_linear(cs_base + rip, 3)
+        if insn not in (VMCALL, VMMCALL):
+            self._event = ("intr", UD, rip)
+            return False
+        from vbook.models.hypercall import kvm_emulate_hypercall, map_gpa_range_exit
+
+        nr, a0, a1, a2, a3 = uc.reg_read_batch((x.UC_X86_REG_RAX, x.UC_X86_REG_RBX,
+                                               x.UC_X86_REG_RCX, x.UC_X86_REG_RDX,
+                                               x.UC_X86_REG_RSI))
+        cr0 = uc.reg_read(x.UC_X86_REG_CR0)
+        cpl = uc.reg_read(x.UC_X86_REG_CS) & 3 if cr0 & _CR0_PE else 0
+        result = kvm_emulate_hypercall(nr, (a0, a1, a2, a3), cpl=cpl, longmode=longmode,
+                                       hypercall_exit_enabled=self.hypercall_exit_enabled)
+        if result.exit_to_user:
+            hc = HypercallExit(**map_gpa_range_exit((a0, a1, a2), longmode))
+            self._event = ("hypercall", hc, longmode)
+            return False
+        assert result.ret is not None
+        uc.reg_write(x.UC_X86_REG_RAX, result.ret)
+        uc.reg_write(x.UC_X86_REG_RIP, rip + HYPERCALL_LEN)
+        self._counts["HYPERCALL (in kernel)"] = self._counts.get("HYPERCALL (in kernel)", 0) + 1
+        return True
+
+    # --- guest state helpers -------------------------------------------------------------
+
+    def _cs_info(self) -> tuple[int, bool, int]:
+        """(CS base, 64-bit code?, default operand bits 16/32) from CR0, EFER and the GDT."""
+        uc, x = self._uc, self._x
+        cs = uc.reg_read(x.UC_X86_REG_CS)
+        if not uc.reg_read(x.UC_X86_REG_CR0) & _CR0_PE:
+            return cs << 4, False, 16
+        _, gdt_base, _, _ = uc.reg_read(x.UC_X86_REG_GDTR)
+        desc = self._read_linear(gdt_base + (cs & ~7), 8) if not cs & 4 else None
+        if desc is None:  # an LDT selector or a GDT outside RAM: assume a flat segment
+            return 0, False, 32
+        d = int.from_bytes(desc, "little")
+        long_bit, db_bit = bool(d >> 53 & 1), bool(d >> 54 & 1)
+        if long_bit and uc.msr_read(_MSR_EFER) & _EFER_LMA:
+            return 0, True, 64
+        base = (d >> 16 & 0xFFFFFF) | (d >> 56 & 0xFF) << 24
+        return base, False, 32 if db_bit else 16
+
+    def _read_linear(self, linear: int, n: int) -> bytes | None:
+        """``n`` bytes at a linear address through the guest's paging; None if not all in RAM."""
+        out = b""
+        while n > 0:
+            gpa = self._translate(linear)
+            chunk = min(n, PAGE - (linear & (PAGE - 1)))
+            if gpa is None or gpa + chunk > self.mem_size:
+                return None
+            out += bytes(self._uc.mem_read(gpa, chunk))
+            linear, n = linear + chunk, n - chunk
+        return out
+
+    def _translate(self, linear: int) -> int | None:
+        """The guest-physical address of ``linear`` (None if not mapped): the guest's MMU."""
+        uc, x = self._uc, self._x
+        if not uc.reg_read(x.UC_X86_REG_CR0) & _CR0_PG:
+            return linear
+        cr3 = uc.reg_read(x.UC_X86_REG_CR3)
+        cr4 = uc.reg_read(x.UC_X86_REG_CR4)
+        if uc.msr_read(_MSR_EFER) & _EFER_LMA:  # 4-level: PML4, PDPT, PD, PT
+            table, width, levels = cr3 & _ADDR, 8, ((39, False), (30, True), (21, True), (12, False))
+        elif cr4 & _CR4_PAE:  # PAE: PDPT (4 entries), PD, PT
+            table, width, levels = cr3 & 0xFFFFFFE0, 8, ((30, False), (21, True), (12, False))
+        else:  # 32-bit: PD, PT
+            table, width, levels = cr3 & 0xFFFFF000, 4, ((22, bool(cr4 & _CR4_PSE)), (12, False))
+        bits = 9 if width == 8 else 10
+        for shift, may_be_large in levels:
+            index = linear >> shift & ((1 << bits) - 1)
+            if shift == 30 and not uc.msr_read(_MSR_EFER) & _EFER_LMA:
+                index = linear >> 30 & 3
+            addr = table + index * width
+            if addr + width > self.mem_size:
+                return None
+            entry = int.from_bytes(self._uc.mem_read(addr, width), "little")
+            if not entry & 1:
+                return None
+            if shift == 12 or (may_be_large and entry & 0x80):
+                if width == 4 and shift == 22:  # a 4 MiB page (PSE)
+                    return (entry & 0xFFC00000) | (linear & 0x3FFFFF)
+                frame = entry & _ADDR & ~((1 << shift) - 1)
+                return frame | (linear & ((1 << shift) - 1))
+            table = entry & (_ADDR if width == 8 else 0xFFFFF000)
+        return None  # pragma: no cover - the last level always returns
+
+    def _reg_ids(self) -> list[int]:
+        x = self._x
+        return [getattr(x, f"UC_X86_REG_{f.upper()}") for f in Regs.FIELDS]
+
+    def _check_open(self) -> None:
+        if self._uc is None:
+            raise VbookError("this UnicornVcpu is closed")
+
+    def _cache(self, key: tuple, exit: Exit) -> Exit:
+        if len(self._exit_cache) >= 4096:
+            self._exit_cache.clear()
+        self._exit_cache[key] = exit
+        return exit
+
+    def _count(self, exit: Exit) -> Exit:
+        name = exit.reason.name
+        self._counts[name] = self._counts.get(name, 0) + 1
+        return exit
+
+
+def _record_store(uc: Any, access: int, addr: int, size: int, value: int,
+                  stores: list[tuple[int, int, int]]) -> None:
+    stores.append((addr, size, value))
+
+
+def _vname(vector: int) -> str:
+    return f"{VECTOR_NAMES.get(vector, 'vector')} ({vector})" if vector in VECTOR_NAMES \
+        else f"vector {vector}"
+
+
+def _check_guest(guest: Guest) -> None:
+    if guest.mem_size <= 0 or guest.mem_size % PAGE:
+        raise GuestError(f"guest {guest.name!r}: mem_size {guest.mem_size:#x} is not a positive "
+                         f"multiple of the {PAGE}-byte page")
+    if not 0 <= guest.load_addr <= guest.mem_size - len(guest.code):
+        raise GuestError(f"guest {guest.name!r}: {len(guest.code)} bytes at {guest.load_addr:#x} "
+                         f"do not fit in {guest.mem_size:#x} bytes of RAM")
