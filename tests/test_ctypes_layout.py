@@ -18,3 +18,11 @@ def test_enough_paths_are_checked():
 
 def test_declaration_reads_like_the_header():
     assert "__u16 port;" in declaration("io") and "__u8 data[8];" in declaration("mmio")
+
+
+def test_every_ioctl_has_its_fd_kind():
+    from vbook.models.kvm_api import IOCTL_FD, Ioctl
+
+    assert set(IOCTL_FD) == {i.name for i in Ioctl}
+    assert set(IOCTL_FD.values()) == {"system", "vm", "vcpu"}
+    assert IOCTL_FD["RUN"] == "vcpu" and IOCTL_FD["CREATE_VCPU"] == "vm"

@@ -9,3 +9,11 @@ Models (``vbook.models``) are pure and record traces; backends
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "show_source":
+        from vbook.show import show_source
+
+        return show_source
+    raise AttributeError(f"module 'vbook' has no attribute {name!r}")

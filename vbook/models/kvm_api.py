@@ -89,6 +89,34 @@ class Ioctl(IntEnum):
     SET_SIGNAL_MASK = _IOW(0x8B, 4)  # struct kvm_signal_mask header (flexible array)
 
 
+#: which fd each ioctl is issued on (Documentation/virt/kvm/api.rst "Type:"
+#: system, vm or vcpu), in the order a VMM first uses them
+IOCTL_FD: dict[str, str] = {
+    "GET_API_VERSION": "system",
+    "CHECK_EXTENSION": "system",
+    "GET_VCPU_MMAP_SIZE": "system",
+    "GET_SUPPORTED_CPUID": "system",
+    "CREATE_VM": "system",
+    "SET_USER_MEMORY_REGION": "vm",
+    "SET_TSS_ADDR": "vm",
+    "SET_IDENTITY_MAP_ADDR": "vm",
+    "CREATE_IRQCHIP": "vm",
+    "ENABLE_CAP": "vm",
+    "IRQFD": "vm",
+    "IOEVENTFD": "vm",
+    "CREATE_VCPU": "vm",
+    "SET_CPUID2": "vcpu",
+    "SET_SIGNAL_MASK": "vcpu",
+    "GET_REGS": "vcpu",
+    "SET_REGS": "vcpu",
+    "GET_SREGS": "vcpu",
+    "SET_SREGS": "vcpu",
+    "SET_MSRS": "vcpu",
+    "TRANSLATE": "vcpu",
+    "RUN": "vcpu",
+}
+
+
 class ExitReason(IntEnum):
     """KVM_EXIT_* — include/uapi/linux/kvm.h (Linux 6.1): why KVM_RUN returned."""
 
