@@ -7,6 +7,7 @@ unicorn otherwise; ``available()`` says which can be used here and why not.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit, Regs, VCpu
@@ -44,9 +45,16 @@ def available() -> dict[str, str | None]:
 
 
 def pick(backend: str = "auto") -> str:
-    """Resolve "auto" to "kvm" when /dev/kvm is usable, else "unicorn"."""
+    """Resolve "auto": ``$VBOOK_BACKEND`` if set, else "kvm" when /dev/kvm is usable,
+    else "unicorn". (``VBOOK_BACKEND=unicorn`` shows a chapter as Binder runs it.)"""
     if backend != "auto":
         return backend
+    forced = os.environ.get("VBOOK_BACKEND", "")
+    if forced:
+        if forced not in BACKENDS:
+            raise BackendUnavailable(forced, f"VBOOK_BACKEND={forced!r} is not one of "
+                                             f"{', '.join(BACKENDS)}")
+        return forced
     return "kvm" if available()["kvm"] is None else "unicorn"
 
 
