@@ -81,7 +81,7 @@ def assemble(listing: str) -> bytes:
         p = subprocess.run(["as", "--64", "-o", str(obj), str(src)],
                            capture_output=True, text=True)
         if p.returncode != 0:
-            raise GuestError(f"as failed:\n{p.stderr.strip()}")
+            raise GuestError(f"as failed:\n{p.stderr.replace(str(src), 'listing').strip()}")
         for name, sh_type, size in _sections(obj.read_bytes()):
             if sh_type in (_SHT_REL, _SHT_RELA):
                 raise GuestError(
