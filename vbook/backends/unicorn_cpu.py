@@ -348,7 +348,8 @@ class UnicornVcpu(VCpu):
 
     def close(self) -> None:
         """Drop the emulator (and with it the guest's RAM). Safe to call twice."""
-        self._uc = None
+        self._uc = None  # the Uc (and its RAM) goes with the last reference
+        self._rd = self._wr = _closed  # these hold the Uc too
         self._pending = self._answer = self._insn = None
         self._queued = []
 
@@ -760,6 +761,10 @@ class UnicornVcpu(VCpu):
         name = exit.reason.name
         self._counts[name] = self._counts.get(name, 0) + 1
         return exit
+
+
+def _closed(*args: Any) -> Any:
+    raise VbookError("this UnicornVcpu is closed")
 
 
 def _record_store(uc: Any, access: int, addr: int, size: int, value: int,
