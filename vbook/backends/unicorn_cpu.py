@@ -70,6 +70,18 @@ instructions (``emu_start(count=budget)``); a guest that runs that long
 without an exit raises :class:`~vbook.errors.BudgetExhausted` naming RIP and
 the budget (KVM's equivalent is a time limit). The vCPU stays usable.
 
+**A unicorn quirk repaired** — when unicorn 2.1.4 stops a run in the
+middle of a translation block (an IN/OUT hook, the instruction count) while
+the guest has paging on, it takes an internal page fault at linear address
+-2 that the guest never sees, except that QEMU's ``env->old_exception`` is
+left at #PF or #DF. QEMU's double-fault logic then turns the guest's *next*
+exception (a VMCALL's #UD, a #PF) into a "triple fault", which unicorn
+reports as a silent HLT at the faulting instruction. After every run this
+backend puts ``old_exception`` back to -1 (its value when no exception is
+being delivered); the field's offset in unicorn's saved CPU context is found
+once per process by a probe (:func:`_old_exception_offset`). CR2 is left
+holding that -2.
+
 **Modes** — the guest starts like a reset CPU in real mode (CS = DS = ES =
 SS = 0, IP = ``load_addr``, IDTR/GDTR limit 0xffff as KVM sets them) and may
 switch itself to protected or long mode. unicorn is opened in its 64-bit
@@ -186,6 +198,66 @@ def _reg64_writer(uc: Any) -> Callable[[int, int], None]:
     return write
 
 
+_PROBE_CODE = {
+    0: bytes.fromhex("31c9f7f1f4"),  # xor ecx, ecx; div ecx -> #DE
+    13: bytes.fromhex("66b808008ed8f4"),  # mov ax, 8; mov ds, ax (GDT limit 0) -> #GP
+}
+_old_exception_cache: list[int | None] = []
+
+
+def _old_exception_offset(uc_mod: Any) -> int | None:
+    """Where ``CPUX86State.old_exception`` sits in unicorn's saved CPU context (None: unknown).
+
+    Found by running two contributory exceptions (#DE, #GP) on a scratch
+    engine: the one 4-byte field that goes from -1 to 0, and from -1 to 13.
+    """
+    if _old_exception_cache:
+        return _old_exception_cache[0]
+    candidates: set[int] | None = None
+    try:
+        for vector, code in _PROBE_CODE.items():
+            uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
+            uc.mem_map(0, PAGE)
+            uc.mem_write(0, code)
+            uc.hook_add(uc_mod.UC_HOOK_INTR, lambda u, intno, _: u.emu_stop())
+            before = bytes(uc.context_save())
+            uc.emu_start(0, len(code), 0, 10)
+            after = bytes(uc.context_save())
+            found = {off for off in range(0, len(before) - 3, 4)
+                     if int.from_bytes(before[off:off + 4], "little", signed=True) == -1
+                     and int.from_bytes(after[off:off + 4], "little", signed=True) == vector}
+            candidates = found if candidates is None else candidates & found
+    except Exception:  # pragma: no cover - a unicorn that cannot run the probe
+        candidates = None
+    offset = min(candidates) if candidates and len(candidates) == 1 else None
+    _old_exception_cache.append(offset)
+    return offset
+
+
+def _old_exception_repair(uc: Any, uc_mod: Any) -> Callable[[], None]:
+    """A function that sets the engine's ``old_exception`` back to -1 (see the module doc)."""
+    offset = _old_exception_offset(uc_mod)
+    try:
+        from unicorn.unicorn_py3.unicorn import uclib
+        save, restore, handle = uclib.uc_context_save, uclib.uc_context_restore, uc._uch
+    except (ImportError, AttributeError):  # pragma: no cover - another binding layout
+        offset = None
+    if offset is None:  # pragma: no cover - nothing known to repair
+        return lambda: None
+    context = uc.context_save()  # reused: saving into it allocates nothing
+    field = ctypes.c_int32.from_address(ctypes.cast(context.context, ctypes.c_void_p).value
+                                        + offset)
+
+    def repair() -> None:
+        save(handle, context.context)
+        if field.value != -1:
+            field.value = -1
+            restore(handle, context.context)
+
+    repair.context = context  # type: ignore[attr-defined]  # keep the buffer alive
+    return repair
+
+
 @dataclass
 class _Access:
     """One guest-physical access of the instruction being finished."""
@@ -260,6 +332,7 @@ class UnicornVcpu(VCpu):
         uc.hook_add(uc_mod.UC_HOOK_BLOCK, self._hook_block)
         self._uc_mod = uc_mod
         self._rd, self._wr = _reg64_reader(uc), _reg64_writer(uc)
+        self._repair = _old_exception_repair(uc, uc_mod)
         self._RIP, self._RAX = x.UC_X86_REG_RIP, x.UC_X86_REG_RAX
 
     # --- the VCpu interface ------------------------------------------------------------
@@ -349,7 +422,7 @@ class UnicornVcpu(VCpu):
     def close(self) -> None:
         """Drop the emulator (and with it the guest's RAM). Safe to call twice."""
         self._uc = None  # the Uc (and its RAM) goes with the last reference
-        self._rd = self._wr = _closed  # these hold the Uc too
+        self._rd = self._wr = self._repair = _closed  # these hold the Uc too
         self._pending = self._answer = self._insn = None
         self._queued = []
 
@@ -386,7 +459,9 @@ class UnicornVcpu(VCpu):
         try:
             uc.emu_start(self._rd(self._RIP), _UNTIL, 0, self.budget)
         except self._UcError as e:
+            self._repair()
             return self._after_error(e)
+        self._repair()
         ev = self._event
         if ev is None:
             return self._hlt_or_budget()
@@ -535,6 +610,7 @@ class UnicornVcpu(VCpu):
                     uc.emu_start(rip, _UNTIL, 0, 1)
                 except self._UcError as e:
                     error = e
+                self._repair()
             finally:
                 if hook is not None:
                     uc.hook_del(hook)
