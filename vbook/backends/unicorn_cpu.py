@@ -7,7 +7,10 @@ VMM must handle and returns the same :class:`~vbook.backends.base.Exit`
 objects :class:`~vbook.backends.kvm.KvmVcpu` returns. How each exit is made:
 
 **Port I/O** — ``UC_HOOK_INSN`` hooks on IN and OUT stop the emulator in the
-hook (``emu_stop``), which ends emulation right after that instruction.
+hook (``emu_stop``), which ends emulation right after that instruction —
+because every run has an instruction count: unicorn then checks for a stop
+request after each instruction. (Measured: without a count the rest of the
+translation block still runs, e.g. the OUT after an IN.)
 OUT: ``Exit(IO, IoExit(OUT, size, port, 1, data))``, RIP past the OUT. IN:
 the exit reaches the caller *before* the value exists, as on KVM: RAX and RIP
 are put back as they were (RIP on the IN), the caller answers with
@@ -66,8 +69,9 @@ follow it there (KVM would).
 instruction to emulate (measured: a far jump past RAM).
 
 **Budget** — every :meth:`~UnicornVcpu.run` may execute at most ``budget``
-instructions (``emu_start(count=budget)``); a guest that runs that long
-without an exit raises :class:`~vbook.errors.BudgetExhausted` naming RIP and
+instructions (``emu_start(count=budget)``, each iteration of a ``REP``
+string instruction counting as one); a guest that runs that long without an
+exit raises :class:`~vbook.errors.BudgetExhausted` naming RIP and
 the budget (KVM's equivalent is a time limit). The vCPU stays usable.
 
 **A unicorn quirk repaired** — when unicorn 2.1.4 stops a run in the
@@ -304,7 +308,8 @@ class UnicornVcpu(VCpu):
         self._answer: bytes | None = None  # what complete() gave for it
         self._insn: list[_Access] | None = None  # MMIO accesses of an unfinished instruction
         self._queued: list[Exit] = []  # more exits of an instruction that already finished
-        self._string_io: dict[int, bool] = {}  # RIP of an IN/OUT -> is it INS/OUTS?
+        self._string_io: dict[int, bool] = {}  # RIP of an IN -> is it an INS?
+        self.hypercalls = 0  # handled "in the kernel" (KVM: vcpu->stat.hypercalls)
         self._dead = ""
 
         # unicorn's 64-bit mode (RIP, R8-R15 readable in every mode) holding the
@@ -753,7 +758,7 @@ class UnicornVcpu(VCpu):
         assert result.ret is not None
         uc.reg_write(x.UC_X86_REG_RAX, result.ret)
         uc.reg_write(x.UC_X86_REG_RIP, rip + HYPERCALL_LEN)
-        self._counts["HYPERCALL (in kernel)"] = self._counts.get("HYPERCALL (in kernel)", 0) + 1
+        self.hypercalls += 1
         return True
 
     # --- guest state helpers -------------------------------------------------------------
