@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 import traitlets
 
+from vbook.models.ctypes_layout import C_TYPES
+from vbook.models.ctypes_layout import KVM_RUN_UNION as C_UNION
 from vbook.models.kvm_api import (
     KVM_PIO_PAGE_OFFSET,
     KVM_RUN_OFFSETS,
@@ -33,28 +35,18 @@ PAGE_SIZE = 4096  # x86: kvm_run.io.data_offset = KVM_PIO_PAGE_OFFSET * PAGE_SIZ
 
 #: The exit-union members a run trace carries: C field, C type, size in bytes,
 #: and the key of the field in the trace's exit event (None: not recorded).
-#: Declarations from include/uapi/linux/kvm.h (Linux 6.1); offsets are not
-#: repeated here — they come from KVM_RUN_OFFSETS.
+#: Declarations come from :mod:`vbook.models.ctypes_layout` (include/uapi/linux/kvm.h,
+#: Linux 6.1); offsets are not repeated here — they come from KVM_RUN_OFFSETS.
+_MEMBERS = {"IO": "io", "MMIO": "mmio", "HYPERCALL": "hypercall"}
+_TRACED = {"io": {"direction", "size", "port", "count"},
+           "mmio": {"phys_addr", "data", "len", "is_write"},
+           "hypercall": {"nr", "args", "longmode"}}
 KVM_RUN_UNION: dict[str, tuple[str, tuple[tuple[str, str, int, str | None], ...]]] = {
-    "IO": ("io", (
-        ("direction", "__u8", 1, "direction"),
-        ("size", "__u8", 1, "size"),
-        ("port", "__u16", 2, "port"),
-        ("count", "__u32", 4, "count"),
-        ("data_offset", "__u64", 8, None),
-    )),
-    "MMIO": ("mmio", (
-        ("phys_addr", "__u64", 8, "phys_addr"),
-        ("data", "__u8[8]", 8, "data"),
-        ("len", "__u32", 4, "len"),
-        ("is_write", "__u8", 1, "is_write"),
-    )),
-    "HYPERCALL": ("hypercall", (
-        ("nr", "__u64", 8, "nr"),
-        ("args", "__u64[6]", 48, "args"),
-        ("ret", "__u64", 8, None),
-        ("longmode", "__u32", 4, "longmode"),
-    )),
+    reason: (member, tuple(
+        (f.name, f.ctype + (f"[{f.count}]" if f.count > 1 else ""), C_TYPES[f.ctype] * f.count,
+         f.name if f.name in _TRACED[member] else None)
+        for f in C_UNION[member] if f.name != "pad"))
+    for reason, member in _MEMBERS.items()
 }
 
 #: Fields before the union that every exit sets.
