@@ -377,3 +377,25 @@ def test_executed_notebook_stores_widget_state_and_exports(tmp_path):
     parsed = _parse(page)
     assert json.loads(parsed.found["vbook-state"])["trace"] == hand_trace().to_dict()
     (tmp_path / "nb.html").write_text(page, encoding="utf-8")
+
+
+def test_esm_with_splices_extra_panes_before_the_export(tmp_path):
+    import subprocess
+
+    from vbook.widgets.player import esm_with
+
+    pane = tmp_path / "demo_pane.js"
+    pane.write_text('PANES.demo = function demoPane(ctx) { return { el: null, update() {} }; };\n')
+    src = esm_with(pane)
+    assert src.rstrip().endswith("export default { render };")
+    assert src.count("export default") == 1 and "PANES.demo" in src
+    mod = tmp_path / "m.mjs"
+    mod.write_text(src)
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the spliced module was not loaded")
+    out = subprocess.run([node, "--input-type=module", "-e",
+                          f"import({json.dumps(mod.as_uri())}).then(m => "
+                          "console.log(typeof m.default.render))"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "function", out.stderr

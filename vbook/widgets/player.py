@@ -27,6 +27,25 @@ ESM = HERE / "trace_player.js"
 CSS = HERE / "trace_player.css"
 STATIC_HOST = HERE / "static_host.js"
 
+_EXPORT = "export default { render };"
+
+
+def esm_with(*pane_files: Path) -> str:
+    """The player's ESM with more panes: each file registers ``PANES.<name> = (ctx) => …``.
+
+    The files are spliced in before the ``export`` line, so they share the
+    player's module scope (its helpers ``h``, ``s``, ``describe``, ``PANES`` …)
+    and need no imports — one self-contained module, offline as before. A
+    widget that uses them sets ``_esm = esm_with(HERE / "my_pane.js")`` and
+    names the pane in ``panes``.
+    """
+    base = ESM.read_text(encoding="utf-8")
+    if base.rstrip().count(_EXPORT) != 1 or not base.rstrip().endswith(_EXPORT):
+        raise VbookError(f"{ESM.name} must end with {_EXPORT!r} to take extra panes")
+    extra = "\n".join(f"// ---- {f.name}\n" + f.read_text(encoding="utf-8") for f in pane_files)
+    return base.rstrip()[: -len(_EXPORT)] + extra + "\n" + _EXPORT + "\n"
+
+
 #: integers beyond this lose precision as JavaScript numbers
 _JS_SAFE = 2**53 - 1
 
