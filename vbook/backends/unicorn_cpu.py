@@ -99,7 +99,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit, Regs, VCpu, VcpuStats
@@ -272,6 +272,26 @@ class _Access:
     data: bytes | None = None  # a store's bytes, or a load's answer once complete() gave it
 
 
+@dataclass(frozen=True)
+class KernelExit:
+    """A VM exit the kernel handles itself (handler returns 1: re-enter the guest).
+
+    ``reason`` is the VMX basic exit reason's name without ``EXIT_REASON_``
+    (e.g. "VMCALL"), ``rip`` the guest RIP of the instruction, ``handler``
+    what handled it, ``before`` / ``after`` the registers it read and wrote.
+    """
+
+    reason: str
+    rip: int
+    handler: str
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "rip": self.rip, "handler": self.handler,
+                "before": dict(self.before), "after": dict(self.after)}
+
+
 class UnicornVcpu(VCpu):
     """One vCPU on unicorn with ``guest`` loaded, driven like KVM_RUN (see the module doc).
 
@@ -310,6 +330,9 @@ class UnicornVcpu(VCpu):
         self._queued: list[Exit] = []  # more exits of an instruction that already finished
         self._string_io: dict[int, bool] = {}  # RIP of an IN -> is it an INS?
         self.hypercalls = 0  # handled "in the kernel" (KVM: vcpu->stat.hypercalls)
+        #: VM exits KVM would handle without returning to user space, in order
+        #: (see :class:`KernelExit`); cleared by nobody — read and slice it
+        self.kernel_exits: list[KernelExit] = []
         self._dead = ""
 
         # unicorn's 64-bit mode (RIP, R8-R15 readable in every mode) holding the
@@ -759,6 +782,10 @@ class UnicornVcpu(VCpu):
         uc.reg_write(x.UC_X86_REG_RAX, result.ret)
         uc.reg_write(x.UC_X86_REG_RIP, rip + HYPERCALL_LEN)
         self.hypercalls += 1
+        self.kernel_exits.append(KernelExit(
+            "VMCALL", rip, result.handler,
+            before={"rax": nr, "rbx": a0, "rcx": a1, "rdx": a2, "rsi": a3},
+            after={"rax": result.ret, "rip": rip + HYPERCALL_LEN}))
         return True
 
     # --- guest state helpers -------------------------------------------------------------
