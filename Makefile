@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 ## make lab: create .venv, install vbook (editable) with its extras, open JupyterLab on chapters/
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab chapters/
+	$(VENV)/bin/jupyter lab chapters/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 ## make test: unit, property, oracle and conformance tests, then nbval over every chapter
 test: $(STAMP)
