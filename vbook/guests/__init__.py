@@ -9,9 +9,11 @@ CS = DS = ES = SS = 0, IP = ``load_addr`` (0x1000), one RAM slot of
 exits on the unicorn backend and on ``/dev/kvm``.
 
 ``ALL`` are the well-behaved guests the chapters run; each ends with HLT or a
-SHUTDOWN. ``EXTRA`` need a VMM option to show their point (``map_gpa_range``
-exits only with ``hypercall_exit_enabled``). ``MISBEHAVING`` never finish on
-their own and exist to show how a backend refuses to hang.
+SHUTDOWN. ``EXTRA`` need a VMM option or a particular host to show their point
+(``map_gpa_range`` exits only with ``hypercall_exit_enabled``; ``hypercalls``
+needs a host that completes VMCALL, and its ring-3 part a CPU that runs call
+gates natively). ``MISBEHAVING`` never finish on their own and exist to show
+how a backend refuses to hang.
 
 The ports and addresses they use are named in :mod:`vbook.guests.ports`;
 ``python -m vbook.guests.build`` re-assembles the listings.
@@ -22,6 +24,7 @@ from __future__ import annotations
 from vbook.guests import (
     hello,
     hypercall,
+    hypercalls,
     in_out,
     long_mode,
     map_gpa_range,
@@ -43,7 +46,7 @@ ALL: dict[str, Guest] = {g.name: g for g in (
 )}
 
 #: guests whose point needs a VMM option (see each module)
-EXTRA: dict[str, Guest] = {g.name: g for g in (map_gpa_range.GUEST,)}
+EXTRA: dict[str, Guest] = {g.name: g for g in (map_gpa_range.GUEST, hypercalls.GUEST)}
 
 #: guests that never end by themselves: a backend must stop them with a clear error
 MISBEHAVING: dict[str, Guest] = {g.name: g for g in (spin.GUEST, unmapped_fetch.GUEST)}
