@@ -450,3 +450,83 @@ def as_signed(ret: int, longmode: bool = True) -> int:
     """RAX read back as the signed number the guest's C code sees (e.g. -1000)."""
     bits = 64 if longmode else 32
     return ret - (1 << bits) if ret >> (bits - 1) & 1 else ret
+
+
+# --- which arm of kvm_emulate_hypercall decides -------------------------------------
+
+def switch_case(nr: int, cpl: int = 0, longmode: bool = True) -> str:
+    """The branch of ``kvm_emulate_hypercall`` (x86.c, Linux 6.1) that a hypercall takes.
+
+    ``"cpl != 0"`` when the CPL check refuses it (before ``nr`` is looked at),
+    ``"case KVM_HC_<NAME>"`` for a number the ``switch`` has a case for, and
+    ``"default"`` for every other number — after the 32-bit truncation of
+    ``nr`` outside 64-bit mode, as the kernel does it. Whether the case then
+    succeeds (PV feature, arguments, an enabled exit) is
+    :func:`kvm_emulate_hypercall`'s ``handler``.
+    """
+    nr = _check_reg("nr", nr)
+    if cpl not in (0, 1, 2, 3):
+        raise HypercallArgError(f"cpl must be 0..3, got {cpl!r}")
+    if not longmode:
+        nr &= _U32
+    if cpl != 0:
+        return "cpl != 0"
+    if nr in {int(h) for h in HANDLED}:
+        return f"case KVM_HC_{Hypercall(nr).name}"
+    return "default"
+
+
+# --- Linux 3.15, for comparison ------------------------------------------------------
+#
+# Read from the Linux 3.15.5 tree (Makefile 3.15.5; GitHub
+# pradeep0605/CS736_Eager_paging_linux-3.15.5, commit a9bdf583 "Base", whose
+# arch/x86/kvm and include/uapi/linux/kvm_para.h no later commit touches):
+# include/uapi/linux/kvm_para.h, arch/x86/kvm/x86.c kvm_emulate_hypercall,
+# arch/x86/kvm/vmx.c handle_vmcall, arch/x86/kvm/svm.c vmmcall_interception.
+
+#: The ``KVM_HC_*`` numbers include/uapi/linux/kvm_para.h defines in Linux 3.15 (1..5).
+HYPERCALLS_3_15: frozenset[Hypercall] = frozenset({
+    Hypercall.VAPIC_POLL_IRQ, Hypercall.MMU_OP, Hypercall.FEATURES,
+    Hypercall.PPC_MAP_MAGIC_PAGE, Hypercall.KICK_CPU,
+})
+#: The numbers x86 ``kvm_emulate_hypercall`` has a ``case`` for in Linux 3.15.
+HANDLED_3_15: frozenset[Hypercall] = frozenset({Hypercall.VAPIC_POLL_IRQ, Hypercall.KICK_CPU})
+#: The ``KVM_E*`` return values kvm_para.h defines in Linux 3.15 (no EINVAL, no EOPNOTSUPP).
+ERRORS_3_15: frozenset[HypercallError] = frozenset({
+    HypercallError.ENOSYS, HypercallError.EFAULT, HypercallError.E2BIG, HypercallError.EPERM,
+})
+
+
+def emulate_3_15(nr: int, args: Sequence[int] = (), cpl: int = 0, efer_lma: bool = True) -> int:
+    """RAX after a hypercall on x86 KVM in Linux 3.15 (``kvm_emulate_hypercall``, x86.c).
+
+    Differences from :func:`kvm_emulate_hypercall` (Linux 6.1), all read from
+    the 3.15 source: only ``VAPIC_POLL_IRQ`` and ``KICK_CPU`` have a case
+    (``KICK_CPU`` is not gated by a PV feature and does not yield); the
+    arguments are truncated when ``!is_long_mode(vcpu)`` — EFER.LMA clear, so
+    32-bit code in compatibility mode under a 64-bit guest kernel is *not*
+    truncated (6.1 asks ``is_64_bit_mode``); and ``ret`` is written to RAX
+    whole, never cut to 32 bits, so a real-mode guest's unknown hypercall
+    leaves ``2**64 - 1000`` in RAX (its EAX reads 0xfffffc18 either way).
+    Skipping the instruction was the vendor handler's job
+    (``handle_vmcall``: ``skip_emulated_instruction`` first), and no hypercall
+    went to user space.
+    """
+    nr = _check_reg("nr", nr)
+    args = tuple(args)
+    if len(args) > 4:
+        raise HypercallArgError(
+            f"x86 KVM hypercalls take at most 4 arguments (RBX, RCX, RDX, RSI), got {len(args)}")
+    for i, v in enumerate(args):
+        _check_reg(f"a{i}", v)
+    if cpl not in (0, 1, 2, 3):
+        raise HypercallArgError(f"cpl must be 0..3, got {cpl!r}")
+    if not efer_lma:
+        nr &= _U32
+    if cpl != 0:
+        ret = -HypercallError.EPERM
+    elif nr in (Hypercall.VAPIC_POLL_IRQ, Hypercall.KICK_CPU):
+        ret = 0  # KICK_CPU: kvm_pv_kick_cpu_op(kvm, a0, a1), then 0
+    else:
+        ret = -HypercallError.ENOSYS
+    return ret & _U64  # kvm_register_write(vcpu, VCPU_REGS_RAX, ret): all 64 bits

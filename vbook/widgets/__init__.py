@@ -13,6 +13,7 @@ manager.
 
 from __future__ import annotations
 
+from vbook.widgets.hypercall import HypercallView, show_hypercalls
 from vbook.widgets.player import (
     StepError,
     TracePlayer,
@@ -30,6 +31,7 @@ from vbook.widgets.run_loop import (
 )
 
 __all__ = [
+    "HypercallView",
     "KvmRunView",
     "RunLoopTimeline",
     "RunView",
@@ -39,6 +41,7 @@ __all__ = [
     "inline_widgets",
     "kvm_run_layout",
     "notebook_html",
+    "show_hypercalls",
     "show_run",
     "static_html",
 ]

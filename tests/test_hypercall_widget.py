@@ -1,0 +1,190 @@
+"""HypercallView: the payload Python hands the browser, and (optional) the pane in Chromium.
+
+The browser tests need playwright-python and a system Chromium, and skip without them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vbook.backends import available
+from vbook.guests import EXTRA
+from vbook.hypercall_run import run_hypercalls
+from vbook.models import hypercall as hc
+from vbook.models.kvm_api import ExitReason, Hypercall, HypercallError
+from vbook.trace import Trace, TraceRecorder
+from vbook.widgets import static_html
+from vbook.widgets.hypercall import (
+    PANE_CSS,
+    PANE_JS,
+    HypercallView,
+    hypercall_layout,
+    show_hypercalls,
+)
+from vbook.widgets.player import CSS, ESM
+
+U64 = 2**64
+MAP_GPA_ON = 1 << 12
+
+
+@pytest.fixture(scope="module")
+def run():
+    if available()["unicorn"] is not None:
+        pytest.skip(f"unicorn backend: {available()['unicorn']}")
+    return run_hypercalls(EXTRA["hypercalls"], hypercall_exit_enabled=MAP_GPA_ON)
+
+
+def test_layout_comes_from_the_model():
+    lay = hypercall_layout()
+    assert lay["registers"] == [["rax", "nr"], ["rbx", "a0"], ["rcx", "a1"], ["rdx", "a2"],
+                                ["rsi", "a3"]]
+    assert [r for r, _ in lay["registers"]] == list(hc.REGISTERS)
+    assert lay["ret_register"] == hc.RET_REGISTER == "rax"
+    assert lay["exit_reason_vmcall"] == hc.EXIT_REASON_VMCALL == 18
+    assert lay["svm_exit_vmmcall"] == hc.SVM_EXIT_VMMCALL == 0x81
+    assert lay["exit_hypercall"] == int(ExitReason.HYPERCALL) == 3
+    assert lay["insn_len"] == 3 and lay["vmcall"] == "0f 01 c1" and lay["vmmcall"] == "0f 01 d9"
+    assert lay["hypercalls"] == {str(int(h)): f"KVM_HC_{h.name}" for h in Hypercall}
+    assert lay["errors"]["1000"] == "KVM_ENOSYS" and lay["errors"]["1"] == "KVM_EPERM"
+    assert set(lay["errors"].values()) == {f"KVM_{e.name}" for e in HypercallError}
+    json.dumps(lay)  # plain JSON
+
+
+def test_payload_is_the_run_trace_plus_the_abi(run):
+    w = HypercallView(run)
+    t = w.get_trace()
+    assert t.events == run.trace.events
+    assert w.trace["meta"]["hypercall_abi"] == json.loads(json.dumps(hypercall_layout()))
+    assert "hypercall_abi" not in run.trace.meta  # the run's own trace is left alone
+    assert w.panes == "hypercall timeline"
+    # starts at the first VMCALL
+    assert (w.trace["events"][w.step]["actor"], w.trace["events"][w.step]["kind"]) == (
+        "guest", "vmcall")
+    # 64-bit results travel as exact strings (JavaScript numbers cannot hold them)
+    assert str(U64 - 1000) in w.bigints.values() and str(U64 - 1) in w.bigints.values()
+    assert w.hypercalls == 10
+    assert repr(w) == ("HypercallView(trace='hypercalls on unicorn: hypercalls', 60 events, "
+                       "2 exits, 10 hypercalls)")
+    assert repr(show_hypercalls(run, step=0)).startswith("HypercallView(")
+    assert show_hypercalls(run, step=0).step == 0
+
+
+def test_a_trace_with_no_vmcall_starts_at_zero():
+    rec = TraceRecorder(title="t")
+    rec.emit("qemu", "ioctl", "KVM_RUN", n=0)
+    w = HypercallView(rec.freeze())
+    assert w.step == 0 and w.hypercalls == 0
+
+
+def test_esm_is_the_player_plus_the_pane_and_css_both():
+    w_esm = str(HypercallView._esm)
+    base = ESM.read_text(encoding="utf-8")
+    assert w_esm.count("export default") == 1
+    assert "PANES.hypercall = function hypercallPane" in w_esm
+    assert w_esm.startswith(base.rstrip()[: -len("export default { render };")])
+    src = PANE_JS.read_text(encoding="utf-8")
+    assert not re.search(r"^\s*import\s", src, re.M) and not re.search(r"https?://", src)
+    css = str(HypercallView._css)
+    assert CSS.read_text(encoding="utf-8") in css and PANE_CSS.read_text(encoding="utf-8") in css
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_esm_with_the_pane_loads_as_a_module(tmp_path):
+    f = tmp_path / "hc.mjs"
+    f.write_text(str(HypercallView._esm), encoding="utf-8")
+    code = f"import({json.dumps(f.as_uri())}).then(m => console.log(typeof m.default.render))"
+    out = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "function"
+
+
+def test_static_html_carries_the_pane(run):
+    page = static_html(HypercallView(run))
+    assert "PANES.hypercall" in page and "vp-hc-path" in page and "hypercall_abi" in page
+
+
+def test_trace_json_round_trip_of_the_widget(run):
+    w = HypercallView(run)
+    assert Trace.from_json(json.dumps(w.trace)) == w.get_trace()
+
+
+# --- in a browser ------------------------------------------------------------------------
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
+                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+browser_only = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright-python is not installed"),
+    pytest.mark.skipif(CHROMIUM is None, reason="no system chromium (apt-get install chromium)"),
+]
+FWD = ".vp-btn[title^='step forward']"
+
+
+@pytest.fixture
+def page_of(tmp_path):
+    if sync_playwright is None or CHROMIUM is None:
+        pytest.skip("needs playwright-python and a system chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--headless", "--no-sandbox", "--disable-gpu"])
+        problems: list[str] = []
+
+        def _open(html: str):
+            path = tmp_path / "hc.html"
+            path.write_text(html, encoding="utf-8")
+            page = b.new_page(viewport={"width": 1100, "height": 900})
+            page.on("pageerror", lambda e: problems.append(f"error: {e}"))
+            page.route(re.compile(r"^https?://"),
+                       lambda r: (problems.append(f"fetch: {r.request.url}"), r.abort()))
+            page.goto(path.as_uri())
+            page.wait_for_selector(".vbook-player .vp-hc-head")
+            return page
+
+        yield _open, problems
+        b.close()
+
+
+def _seek(page, step: int) -> None:
+    for _ in range(200):
+        if page.get_attribute(".vbook-player", "data-step") == str(step):
+            return
+        page.click(FWD)
+    raise AssertionError(f"never reached step {step}")
+
+
+@browser_only[0]
+@browser_only[1]
+def test_pane_steps_through_a_refused_and_a_detoured_hypercall(run, page_of):
+    open_page, problems = page_of
+    page = open_page(static_html(HypercallView(run)))
+    caption = lambda: page.inner_text(".vp-caption-text")  # noqa: E731
+    assert caption().startswith("hypercall #1: VMCALL at rip 0x10ac — KVM_HC_VAPIC_POLL_IRQ")
+    assert page.inner_text(".vp-hc-head").startswith("hypercall 1 of 10: KVM_HC_VAPIC_POLL_IRQ")
+    assert page.locator(".vp-hc-node.cur").count() == 1
+    # the CPL 3 hypercall: after its skip, RAX is -1 = -KVM_EPERM
+    events = run.trace.events
+    skip8 = next(i for i, e in enumerate(events) if e.kind == "skip" and e.data["hc"] == 8)
+    _seek(page, skip8)
+    regs = page.inner_text(".vp-hc-regs")
+    assert "0xffffffffffffffff = -1 (-KVM_EPERM)" in regs
+    assert page.inner_text(".vp-hc-node.cur").startswith("kvm_skip_")
+    assert "CPL check" in page.inner_text(".vp-hc-path")
+    page.click(".vp-hc-list tbody tr[data-hc='6']")  # jump to MAP_GPA_RANGE
+    assert caption().startswith("hypercall #7: VMCALL")
+    user = next(i for i, e in enumerate(events) if e.actor == "qemu" and e.kind == "hypercall")
+    _seek(page, user)
+    assert page.inner_text(".vp-hc-node.cur").startswith("user space")
+    assert "hypercall.ret = 0x0" in page.inner_text(".vp-hc-node.cur")
+    assert page.locator(".vp-hc-path .unused").count() == 0
+    assert problems == []
