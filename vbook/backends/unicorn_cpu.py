@@ -86,6 +86,35 @@ being delivered); the field's offset in unicorn's saved CPU context is found
 once per process by a probe (:func:`_old_exception_offset`). CR2 is left
 holding that -2.
 
+**VM exits, also the ones KVM keeps** — ``kernel_exits`` lists, in order,
+every VM exit a VMX CPU running this guest under KVM (Linux 6.1, EPT on)
+would take for the instructions below, as :class:`KernelExit` records with
+the VMX basic exit reason, qualification, guest-physical address, the
+6.1 handler and what it read — also the exits KVM handles without returning
+to user space. :func:`vbook.models.kvm_kernel.kvm_run` walks them.
+
+* ``CPUID`` — a ``UC_HOOK_INSN`` hook answers from
+  :data:`vbook.models.kvm_kernel.CPUID_TABLE` (``kvm_cpuid`` semantics), a
+  fixed table: real KVM answers from the table the VMM set with
+  ``KVM_SET_CPUID2`` (vbook's KVM backend: the host's supported CPUID), so
+  the *values* differ between hosts, the exit does not. EAX..EDX are written
+  zero-extended, RIP moves past it; no exit to user space.
+* ``IO_INSTRUCTION`` for every IN/OUT (qualification as
+  :class:`vbook.models.vmx.IoQualification`), ``HLT``, ``VMCALL``.
+* MMIO: one ``EPT_VIOLATION`` for the first access to a page with no memory
+  slot (KVM then installs an MMIO SPTE), ``EPT_MISCONFIG`` for every later
+  one — one VM exit per *instruction*, with all its accesses in
+  ``before["accesses"]`` (an instruction that reads and writes gives one VM
+  exit and two exits to user space).
+* ``EXCEPTION_NMI`` for #UD (KVM always intercepts it; ``handle_ud``
+  re-injects it, or rewrites a VMMCALL into VMCALL), then ``TRIPLE_FAULT``
+  when the guest cannot deliver an exception.
+* Not reported: RDMSR/WRMSR (unicorn 2.1.4 refuses ``UC_X86_INS_RDMSR`` /
+  ``WRMSR`` hooks, measured: UC_ERR_HOOK), CR_ACCESS (which MOV-to-CR exits
+  depends on the CR0/CR4 guest/host masks), the EPT violations that map guest
+  RAM pages on first touch, and everything asynchronous (host interrupts,
+  the preemption timer).
+
 **Modes** — the guest starts like a reset CPU in real mode (CS = DS = ES =
 SS = 0, IP = ``load_addr``, IDTR/GDTR limit 0xffff as KVM sets them) and may
 switch itself to protected or long mode. unicorn is opened in its 64-bit
@@ -99,7 +128,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit, Regs, VCpu, VcpuStats
@@ -113,6 +142,7 @@ from vbook.errors import (
 )
 from vbook.guests.base import Guest
 from vbook.models.kvm_api import ExitReason, IoDirection
+from vbook.models.vmx import VmxExitReason, ept_violation_qualification, io_qualification
 
 PAGE = 0x1000
 DEFAULT_BUDGET = 1_000_000
@@ -274,11 +304,18 @@ class _Access:
 
 @dataclass(frozen=True)
 class KernelExit:
-    """A VM exit the kernel handles itself (handler returns 1: re-enter the guest).
+    """One VM exit, as KVM's exit handling sees it (see "VM exits" in the module doc).
 
     ``reason`` is the VMX basic exit reason's name without ``EXIT_REASON_``
-    (e.g. "VMCALL"), ``rip`` the guest RIP of the instruction, ``handler``
-    what handled it, ``before`` / ``after`` the registers it read and wrote.
+    (e.g. "CPUID"), ``exit_reason`` its number
+    (:class:`vbook.models.vmx.VmxExitReason`), ``rip`` the guest RIP of the
+    instruction, ``handler`` the Linux 6.1 ``kvm_vmx_exit_handlers`` entry,
+    ``qualification`` the VMCS exit qualification (I/O: port, size,
+    direction), ``gpa`` the guest-physical address of an EPT exit,
+    ``before`` / ``after`` what the handler read and wrote (registers, the
+    OUT data, the MMIO accesses), and ``user_exit`` whether this VM exit
+    also came back from :meth:`UnicornVcpu.run` — KVM with no in-kernel
+    devices returns it to user space.
     """
 
     reason: str
@@ -286,10 +323,24 @@ class KernelExit:
     handler: str
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
+    exit_reason: int = -1
+    qualification: int = 0
+    gpa: int | None = None
+    user_exit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exit_reason < 0:
+            object.__setattr__(self, "exit_reason", int(VmxExitReason[self.reason]))
 
     def to_dict(self) -> dict:
-        return {"reason": self.reason, "rip": self.rip, "handler": self.handler,
+        return {"reason": self.reason, "exit_reason": self.exit_reason, "rip": self.rip,
+                "handler": self.handler, "qualification": self.qualification,
+                "gpa": self.gpa, "user_exit": self.user_exit,
                 "before": dict(self.before), "after": dict(self.after)}
+
+    def __str__(self) -> str:
+        where = "→ user space" if self.user_exit else "(kernel)"
+        return f"{self.reason} at rip {self.rip:#x}: {self.handler} {where}"
 
 
 class UnicornVcpu(VCpu):
@@ -297,18 +348,23 @@ class UnicornVcpu(VCpu):
 
     ``budget`` caps the instructions of one :meth:`run`;
     ``hypercall_exit_enabled`` is the mask a VMM would pass to
-    ``KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)`` (bit 12: ``KVM_HC_MAP_GPA_RANGE``).
+    ``KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)`` (bit 12: ``KVM_HC_MAP_GPA_RANGE``);
+    ``kernel_exits``, if given, is the list the VM exits are appended to (so a
+    caller that only gets the run's result, e.g. ``run_guest(...,
+    kernel_exits=log)``, still sees them).
     """
 
     backend = "unicorn"
 
     def __init__(self, guest: Guest, budget: int = DEFAULT_BUDGET,
-                 hypercall_exit_enabled: int = 0):
+                 hypercall_exit_enabled: int = 0, kernel_exits: list | None = None):
         if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
             raise VbookError(f"budget must be a positive number of instructions, got {budget!r}")
         if not isinstance(hypercall_exit_enabled, int) or hypercall_exit_enabled < 0:
             raise VbookError("hypercall_exit_enabled must be a non-negative bit mask, "
                              f"got {hypercall_exit_enabled!r}")
+        if kernel_exits is not None and not isinstance(kernel_exits, list):
+            raise VbookError(f"kernel_exits must be a list to append to, got {kernel_exits!r}")
         _check_guest(guest)
         uc_mod = _unicorn()
         from unicorn import x86_const as x
@@ -329,10 +385,16 @@ class UnicornVcpu(VCpu):
         self._insn: list[_Access] | None = None  # MMIO accesses of an unfinished instruction
         self._queued: list[Exit] = []  # more exits of an instruction that already finished
         self._string_io: dict[int, bool] = {}  # RIP of an IN -> is it an INS?
+        self._string_out: dict[int, bool] = {}  # RIP of an OUT -> is it an OUTS?
         self.hypercalls = 0  # handled "in the kernel" (KVM: vcpu->stat.hypercalls)
-        #: VM exits KVM would handle without returning to user space, in order
-        #: (see :class:`KernelExit`); cleared by nobody — read and slice it
-        self.kernel_exits: list[KernelExit] = []
+        #: every VM exit, in order (see :class:`KernelExit` and the module doc),
+        #: also the ones KVM handles without returning to user space; cleared by
+        #: nobody — read and slice it
+        self.kernel_exits: list[KernelExit] = kernel_exits if kernel_exits is not None else []
+        self._vmexit_cache: dict[tuple, KernelExit] = {}
+        self._out_cache: dict[tuple, tuple[str, Exit, KernelExit]] = {}  # see _hook_out
+        self._mmio_gfns: set[int] = set()  # pages KVM holds an MMIO SPTE for (EPT_MISCONFIG)
+        self._mmio_record = -1  # index in kernel_exits of the unfinished MMIO instruction
         self._dead = ""
 
         # unicorn's 64-bit mode (RIP, R8-R15 readable in every mode) holding the
@@ -352,6 +414,7 @@ class UnicornVcpu(VCpu):
 
         uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_out, None, 1, 0, x.UC_X86_INS_OUT)
         uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_in, None, 1, 0, x.UC_X86_INS_IN)
+        uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
         uc.hook_add(uc_mod.UC_HOOK_MEM_READ_UNMAPPED | uc_mod.UC_HOOK_MEM_WRITE_UNMAPPED,
                     self._hook_unmapped)
         uc.hook_add(uc_mod.UC_HOOK_MEM_FETCH_UNMAPPED, self._hook_fetch_unmapped)
@@ -362,6 +425,8 @@ class UnicornVcpu(VCpu):
         self._rd, self._wr = _reg64_reader(uc), _reg64_writer(uc)
         self._repair = _old_exception_repair(uc, uc_mod)
         self._RIP, self._RAX = x.UC_X86_REG_RIP, x.UC_X86_REG_RAX
+        self._CPUID_REGS = (x.UC_X86_REG_RAX, x.UC_X86_REG_RBX, x.UC_X86_REG_RCX,
+                            x.UC_X86_REG_RDX)
 
     # --- the VCpu interface ------------------------------------------------------------
 
@@ -372,7 +437,8 @@ class UnicornVcpu(VCpu):
 
     @classmethod
     def from_guest(cls, guest: Guest, budget: int = DEFAULT_BUDGET,
-                   hypercall_exit_enabled: int = 0, **kw: Any) -> UnicornVcpu:
+                   hypercall_exit_enabled: int = 0, kernel_exits: list | None = None,
+                   **kw: Any) -> UnicornVcpu:
         """A vCPU with ``guest`` loaded, in real mode at ``guest.load_addr``.
 
         ``timeout`` and ``dev`` (options of the KVM backend) are accepted and
@@ -381,8 +447,9 @@ class UnicornVcpu(VCpu):
         unknown = set(kw) - {"timeout", "dev"}
         if unknown:
             raise VbookError(f"unicorn backend: unknown option(s) {', '.join(sorted(unknown))}; "
-                             "it takes budget= and hypercall_exit_enabled=")
-        return cls(guest, budget=budget, hypercall_exit_enabled=hypercall_exit_enabled)
+                             "it takes budget=, hypercall_exit_enabled= and kernel_exits=")
+        return cls(guest, budget=budget, hypercall_exit_enabled=hypercall_exit_enabled,
+                   kernel_exits=kernel_exits)
 
     def run(self) -> Exit:
         """Run the guest until its next exit to user space (KVM_RUN) and return the exit."""
@@ -494,20 +561,20 @@ class UnicornVcpu(VCpu):
         if ev is None:
             return self._hlt_or_budget()
         kind = ev[0]
-        if kind == "out":
-            _, port, size, value = ev
-            key = ("out", port, size, value)
-            exit = self._exit_cache.get(key)
-            if exit is None:
-                data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
-                exit = self._cache(key, Exit(_R_IO, io=IoExit(_OUT, size, port, 1, data)))
-            return exit
+        if kind == "out":  # the hot path: the hook found ("out", Exit, KernelExit) in its cache
+            self.kernel_exits.append(ev[2])
+            return ev[1]
         if kind == "in":
             _, port, size, in_rip, rax = ev
             next_rip = self._rd(self._RIP)
             self._wr(self._RAX, rax)  # the IN has not happened yet (KVM: RIP on it)
             self._wr(self._RIP, in_rip)
             self._pending, self._answer = ("IN", size, port, in_rip, next_rip), None
+            vkey = (in_rip, port, size, None)
+            record = self._vmexit_cache.get(vkey)
+            if record is None:
+                record = self._io_record(in_rip, port, size, True, b"", vkey)
+            self.kernel_exits.append(record)
             key = ("in", port, size)
             exit = self._exit_cache.get(key)
             if exit is None:
@@ -532,6 +599,7 @@ class UnicornVcpu(VCpu):
         if kind == "mmio":
             _, gpa, size, is_write, data = ev
             self._insn = [_Access(gpa, size, is_write, data)]
+            self._mmio_vm_exit(rip, gpa, size, is_write, data)
             if is_write:  # KVM reports a store once the instruction is done
                 exit = self._finish_insn()
                 if exit is None:  # pragma: no cover - the store is always seen again
@@ -540,6 +608,10 @@ class UnicornVcpu(VCpu):
             return self._mmio_read_exit(gpa, size)
         if kind == "fetch":
             self._dead = "stopped on an emulation failure"
+            self.kernel_exits.append(KernelExit(
+                "EPT_VIOLATION", rip, "handle_ept_violation", before={"fetch": True},
+                after={"kvm_run": "KVM_EXIT_INTERNAL_ERROR, suberror 1 (EMULATION)"},
+                qualification=ept_violation_qualification("x"), gpa=ev[1], user_exit=True))
             return Exit(ExitReason.INTERNAL_ERROR, detail=(
                 f"suberror 1 (EMULATION), instruction fetch from {ev[1]:#x}: "
                 "no memory slot there"))
@@ -559,6 +631,8 @@ class UnicornVcpu(VCpu):
         block, size = self._last_block
         end = block + size
         if size and end == cs_base + rip and self._read_linear(end - 1, 1) == b"\xf4":
+            self.kernel_exits.append(KernelExit("HLT", rip - 1, "kvm_emulate_halt",
+                                                after={"rip": rip}, user_exit=True))
             return Exit(ExitReason.HLT)
         here = self._read_linear(cs_base + rip, 4)
         where = here.hex(" ") if here else "not in RAM"
@@ -663,6 +737,7 @@ class UnicornVcpu(VCpu):
             exits = [Exit(_R_MMIO, mmio=MmioExit(
                 addr, size, True, (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")))
                 for addr, size, value in stores]
+            self._mmio_finished(accesses, exits)
             if not exits:
                 return None
             self._queued.extend(exits[1:])
@@ -674,6 +749,10 @@ class UnicornVcpu(VCpu):
 
     def _exception(self, vector: int, rip: int) -> Exit:
         """Model delivery of ``vector``: SHUTDOWN if nothing on #v -> #GP -> #DF can be delivered."""
+        if vector == UD:  # KVM intercepts #UD (vmx_update_exception_bitmap) and re-injects it
+            self.kernel_exits.append(KernelExit(
+                "EXCEPTION_NMI", rip, "handle_exception_nmi", before={"vector": UD},
+                after={"handle_ud": "cannot emulate it: #UD re-injected"}))
         chain = [DF] if vector == DF else [GP, DF] if vector == GP else [vector, GP, DF]
         tried = []
         for v in chain:
@@ -687,6 +766,8 @@ class UnicornVcpu(VCpu):
                     "(KVM would)", vector=v, rip=rip)
             tried.append(f"{_vname(v)}: {why}")
         self._dead = "shut down (triple fault)"
+        self.kernel_exits.append(KernelExit("TRIPLE_FAULT", rip, "handle_triple_fault",
+                                            user_exit=True))
         return Exit(ExitReason.SHUTDOWN, detail="triple fault")
 
     def _undeliverable(self, vector: int) -> str | None:
@@ -711,9 +792,32 @@ class UnicornVcpu(VCpu):
     # --- hooks (called by unicorn during emu_start) --------------------------------------
 
     def _hook_out(self, uc: Any, port: int, size: int, value: int, _: Any) -> None:
-        # OUTS too: one exit per element (count 1), the iteration already done
-        self._event = ("out", port, size, value)
+        # OUTS too: one exit per element (count 1), the iteration already done.
+        # The hot path of an OUT loop: the event is a cached ("out", Exit, KernelExit).
+        # A run stops after its first OUT, and a translation block runs straight
+        # from its start, so (block, port, size, value) names the OUT instruction:
+        # its RIP (still on the OUT here) is read only when the key is new.
+        key = (self._last_block, port, size, value)
+        hit = self._out_cache.get(key)
+        if hit is None:
+            hit = self._out_miss(key, port, size, value, self._rd(self._RIP))
+        self._event = hit
         uc.emu_stop()
+
+    def _hook_cpuid(self, uc: Any, _: Any) -> int:
+        """CPUID: answer like KVM's ``kvm_emulate_cpuid`` from the model table; no exit to user."""
+        from vbook.models.kvm_kernel import kvm_cpuid
+
+        rd, wr = self._rd, self._wr
+        rip = rd(self._RIP)
+        eax, ecx = rd(self._RAX) & 0xFFFFFFFF, rd(self._CPUID_REGS[2]) & 0xFFFFFFFF
+        answer = kvm_cpuid(eax, ecx)
+        for reg, value in zip(self._CPUID_REGS, answer, strict=True):
+            wr(reg, value)  # kvm_rax_write & co: the 32-bit value, zero-extended
+        self.kernel_exits.append(KernelExit(
+            "CPUID", rip, "kvm_emulate_cpuid", before={"eax": eax, "ecx": ecx},
+            after=dict(zip(("eax", "ebx", "ecx", "edx"), answer, strict=True))))
+        return 1  # handled: unicorn skips its own CPUID and moves RIP past it
 
     def _hook_in(self, uc: Any, port: int, size: int, _: Any) -> int:
         rip = self._rd(self._RIP)
@@ -765,6 +869,11 @@ class UnicornVcpu(VCpu):
         if insn not in (VMCALL, VMMCALL):
             self._event = ("intr", UD, rip)
             return False
+        if insn == VMMCALL:  # on VMX: #UD, and handle_ud rewrites it into VMCALL
+            self.kernel_exits.append(KernelExit(
+                "EXCEPTION_NMI", rip, "handle_exception_nmi", before={"vector": UD,
+                                                                      "insn": "vmmcall"},
+                after={"handle_ud": "emulator_fix_hypercall: VMMCALL becomes VMCALL"}))
         from vbook.models.hypercall import kvm_emulate_hypercall, map_gpa_range_exit
 
         nr, a0, a1, a2, a3 = uc.reg_read_batch((x.UC_X86_REG_RAX, x.UC_X86_REG_RBX,
@@ -774,19 +883,93 @@ class UnicornVcpu(VCpu):
         cpl = uc.reg_read(x.UC_X86_REG_CS) & 3 if cr0 & _CR0_PE else 0
         result = kvm_emulate_hypercall(nr, (a0, a1, a2, a3), cpl=cpl, longmode=longmode,
                                        hypercall_exit_enabled=self.hypercall_exit_enabled)
+        before = {"rax": nr, "rbx": a0, "rcx": a1, "rdx": a2, "rsi": a3, "cpl": cpl,
+                  "longmode": longmode}
         if result.exit_to_user:
             hc = HypercallExit(**map_gpa_range_exit((a0, a1, a2), longmode))
             self._event = ("hypercall", hc, longmode)
+            self.kernel_exits.append(KernelExit(
+                "VMCALL", rip, "kvm_emulate_hypercall", before=before,
+                after={"result": result.handler}, user_exit=True))
             return False
         assert result.ret is not None
         uc.reg_write(x.UC_X86_REG_RAX, result.ret)
         uc.reg_write(x.UC_X86_REG_RIP, rip + HYPERCALL_LEN)
         self.hypercalls += 1
         self.kernel_exits.append(KernelExit(
-            "VMCALL", rip, result.handler,
-            before={"rax": nr, "rbx": a0, "rcx": a1, "rdx": a2, "rsi": a3},
-            after={"rax": result.ret, "rip": rip + HYPERCALL_LEN}))
+            "VMCALL", rip, "kvm_emulate_hypercall", before=before,
+            after={"rax": result.ret, "rip": rip + HYPERCALL_LEN, "result": result.handler}))
         return True
+
+    # --- VM exit records (kernel_exits) --------------------------------------------------
+
+    def _out_miss(self, key: tuple, port: int, size: int, value: int,
+                  rip: int) -> tuple[str, Exit, KernelExit]:
+        """The ("out", Exit, KernelExit) event of a new OUT, now cached under ``key``."""
+        data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        exit = Exit(_R_IO, io=IoExit(_OUT, size, port, 1, data))
+        record = self._io_record(rip, port, size, False, data, (rip, port, size, value))
+        if len(self._out_cache) >= 4096:
+            self._out_cache.clear()
+        hit = self._out_cache[key] = ("out", exit, record)
+        return hit
+
+    def _io_record(self, rip: int, port: int, size: int, in_: bool, data: bytes,
+                   key: tuple) -> KernelExit:
+        """The IO_INSTRUCTION record of an IN/OUT at ``rip`` (cached: exits repeat)."""
+        string = self._is_string_io(rip) if in_ else self._is_string_out(rip)
+        before = {"port": port, "size": size, "direction": "in" if in_ else "out",
+                  "data": data.hex()}
+        if string:
+            before["count"] = 1  # one element per exit on this backend (see module doc)
+        record = KernelExit("IO_INSTRUCTION", rip, "handle_io", before=before,
+                            qualification=io_qualification(size, in_, port, string),
+                            user_exit=True)
+        if len(self._vmexit_cache) >= 4096:
+            self._vmexit_cache.clear()
+        self._vmexit_cache[key] = record
+        return record
+
+    def _is_string_out(self, rip: int) -> bool:
+        """Is the OUT at ``rip`` an OUTS (decoded once per RIP, then cached)?"""
+        known = self._string_out.get(rip)
+        if known is None:
+            cs_base, lm, _ = self._cs_info()
+            code = self._read_linear(cs_base + rip, 15) or b""
+            i = 0
+            while i < len(code) and (code[i] in _PREFIXES or (lm and 0x40 <= code[i] <= 0x4F)):
+                i += 1
+            known = self._string_out[rip] = i < len(code) and code[i] in (0x6E, 0x6F)
+        return known
+
+    def _mmio_vm_exit(self, rip: int, gpa: int, size: int, is_write: bool,
+                      data: bytes | None) -> None:
+        """The VM exit of an instruction's first MMIO access: EPT violation on a page KVM
+        has not seen, EPT misconfig once it holds an MMIO SPTE there."""
+        gfn = gpa >> 12
+        access = {"gpa": gpa, "len": size, "is_write": is_write,
+                  "data": data.hex() if is_write and data else ""}
+        if gfn in self._mmio_gfns:
+            reason, handler, qual = "EPT_MISCONFIG", "handle_ept_misconfig", 0
+        else:
+            self._mmio_gfns.add(gfn)
+            reason, handler = "EPT_VIOLATION", "handle_ept_violation"
+            qual = ept_violation_qualification("w" if is_write else "r")
+        self._mmio_record = len(self.kernel_exits)
+        self.kernel_exits.append(KernelExit(reason, rip, handler, before={"accesses": [access]},
+                                            qualification=qual, gpa=gpa, user_exit=True))
+
+    def _mmio_finished(self, accesses: list[_Access], stores: list[Exit]) -> None:
+        """The instruction is done: its record gets every access, reads then stores."""
+        k, self._mmio_record = self._mmio_record, -1
+        if not 0 <= k < len(self.kernel_exits):
+            return
+        record = self.kernel_exits[k]
+        done = [{"gpa": a.gpa, "len": a.size, "is_write": False,
+                 "data": a.data.hex() if a.data else ""} for a in accesses if not a.is_write]
+        done += [{"gpa": e.mmio.phys_addr, "len": e.mmio.len, "is_write": True,
+                  "data": e.mmio.data.hex()} for e in stores if e.mmio is not None]
+        self.kernel_exits[k] = replace(record, before={"accesses": done})
 
     # --- guest state helpers -------------------------------------------------------------
 
