@@ -71,6 +71,9 @@ def test_payload_is_the_run_trace_plus_the_abi(run):
     assert w.hypercalls == 10
     assert repr(w) == ("HypercallView(trace='hypercalls on unicorn: hypercalls', 60 events, "
                        "2 exits, 10 hypercalls)")
+    one = HypercallView(run_hypercalls(EXTRA["hypercalls"]))
+    assert repr(one) == ("HypercallView(trace='hypercalls on unicorn: hypercalls', 55 events, "
+                         "1 exit, 10 hypercalls)")
     assert repr(show_hypercalls(run, step=0)).startswith("HypercallView(")
     assert show_hypercalls(run, step=0).step == 0
 

@@ -3,10 +3,11 @@
 A hypercall is a VM exit that user space normally never sees:
 ``kvm_emulate_hypercall`` answers it in the kernel and re-enters the guest.
 :func:`vbook.runner.run_guest` therefore shows only its effect. This loop
-records the hypercalls too, from the list of in-kernel exits the unicorn
-backend keeps (``UnicornVcpu.kernel_exits``: one ``KernelExit("VMCALL", rip,
-handler, before={rax, rbx, rcx, rdx, rsi}, after={rax, rip})`` per
-hypercall handled "in the kernel") and from ``KVM_EXIT_HYPERCALL`` exits,
+records the hypercalls too, from the VM exits the unicorn backend lists
+(``UnicornVcpu.kernel_exits``: a ``KernelExit("VMCALL", rip, …,
+before={rax, rbx, rcx, rdx, rsi, …}, after={rax, rip, …})`` per hypercall
+handled "in the kernel"; other VM exits are left to other chapters) and
+from ``KVM_EXIT_HYPERCALL`` exits,
 the one kind that reaches user space (``KVM_HC_MAP_GPA_RANGE``, when the VMM
 enabled it). Real KVM tells user space nothing about the others, so on the
 ``kvm`` backend only the exits are recorded.
@@ -149,14 +150,21 @@ def _mode_of(nr: int, args: tuple[int, ...], cpl: int, handler: str, rax: int,
 
 
 def _record(n: int, ke: Any, exit_mask: int, guest: Guest) -> HypercallRecord:
+    """A HypercallRecord from the backend's ``KernelExit("VMCALL", …)``.
+
+    The model's account of the branch is ``after["result"]`` (older records:
+    the ``handler`` field itself); CPL and mode are ``before["cpl"]`` and
+    ``before["longmode"]`` when the record has them, else inferred.
+    """
     before, after = dict(ke.before), dict(ke.after)
     nr = before["rax"]
     args = (before["rbx"], before["rcx"], before["rdx"], before["rsi"])
-    m = _EPERM.fullmatch(ke.handler)
+    handler = after.get("result", ke.handler)
+    m = _EPERM.fullmatch(handler)
     cpl = int(before.get("cpl", int(m.group(1)) if m else 0))
-    longmode = _mode_of(nr, args, cpl, ke.handler, after["rax"], exit_mask, guest, before)
+    longmode = _mode_of(nr, args, cpl, handler, after["rax"], exit_mask, guest, before)
     return HypercallRecord(n, ke.rip, nr, args, cpl, longmode, hc.switch_case(nr, cpl, longmode),
-                           ke.handler, after["rax"])
+                           handler, after["rax"])
 
 
 def _regs(h: HypercallRecord) -> dict[str, int]:
@@ -226,7 +234,9 @@ def run_hypercalls(guest: Guest, backend: str = "unicorn", *, hypercall_exit_ena
             exits.append(exit)
             regs = vcpu.get_regs()
             for ke in (kernel_exits[seen:] if kernel_exits is not None else ()):
-                if ke.reason == "VMCALL":
+                # VMCALLs KVM finished in the kernel; one that went to user space
+                # (user_exit) is recorded from its KVM_EXIT_HYPERCALL below
+                if ke.reason == "VMCALL" and not getattr(ke, "user_exit", False):
                     h = _record(len(calls), ke, hypercall_exit_enabled, guest)
                     calls.append(h)
                     _emit_in_kernel(rec, h)

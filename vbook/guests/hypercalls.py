@@ -25,11 +25,13 @@ final HLT — unless it enabled ``KVM_CAP_EXIT_HYPERCALL`` for
 ``KVM_EXIT_HYPERCALL`` and the VMM's answer is what the guest stores.
 
 Exits: HLT (with ``hypercall_exit_enabled=1 << 12``: HYPERCALL nr 12, then
-HLT). Results (RAX after each of the 10 hypercalls, 64-bit): see
-:func:`expected_results`.
+HLT). The results array (RAX after each of the 10 hypercalls of
+:data:`CALLS`): :func:`read_results`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from vbook.guests.base import Guest
 from vbook.guests.ports import LOAD_ADDR, MEM_SIZE, STACK_TOP
@@ -69,6 +71,16 @@ AFTER: tuple[tuple[str, int, tuple[int, int, int, int], int], ...] = (
 #: every hypercall the guest makes: (what, nr, args, CPL)
 CALLS: tuple[tuple[str, int, tuple[int, int, int, int], int], ...] = (
     tuple((what, nr, args, 0) for what, nr, args in TABLE) + AFTER)
+
+
+def read_results(vcpu: Any) -> list[int]:
+    """RAX after each of the guest's hypercalls, as it stored them at :data:`RESULTS`.
+
+    ``vcpu`` is any backend's vCPU (``read_memory``) after the guest ran;
+    entries it did not reach hold 0.
+    """
+    raw = vcpu.read_memory(RESULTS, 8 * len(CALLS))
+    return [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
 
 
 def _quads(values: tuple[int, ...]) -> str:

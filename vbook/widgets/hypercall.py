@@ -81,8 +81,12 @@ class HypercallView(_RunPlayer):
                    if e.get("actor") == "guest" and e.get("kind") == "vmcall")
 
     def __repr__(self) -> str:
-        base = super().__repr__()
-        return base[:-1] + f", {self.hypercalls} hypercalls)"
+        events = self.trace.get("events", [])
+        exits = sum(1 for e in events if e.get("actor") == "kvm" and e.get("kind") == "exit")
+        title = self.trace.get("meta", {}).get("title")
+        head = f"trace={title!r}, " if title else ""
+        return (f"HypercallView({head}{len(events)} events, {exits} exit{'s' * (exits != 1)}, "
+                f"{self.hypercalls} hypercall{'s' * (self.hypercalls != 1)})")
 
 
 def show_hypercalls(run: Any, *, step: int | None = None, speed: float = 2.0) -> HypercallView:
