@@ -25,7 +25,8 @@ def needs_as():
 # --- the tables --------------------------------------------------------------------------
 
 def test_all_has_the_guests_the_book_needs():
-    assert set(ALL) == {"hello", "in_out", "mmio", "hypercall", "triple_fault", "long_mode"}
+    assert set(ALL) == {"hello", "in_out", "mmio", "hypercall", "triple_fault", "long_mode",
+                        "serial_hello", "debug_exit"}
     assert set(EXTRA) == {"map_gpa_range", "hypercalls"}
     assert set(MISBEHAVING) == {"spin", "unmapped_fetch"}
     assert not set(ALL) & set(MISBEHAVING)
@@ -47,7 +48,7 @@ def test_guest_shape(name):
 def test_modes():
     assert {n: g.mode for n, g in ALL.items()} == {
         "hello": 16, "in_out": 16, "mmio": 16, "hypercall": 16, "triple_fault": 32,
-        "long_mode": 64}
+        "long_mode": 64, "serial_hello": 16, "debug_exit": 32}
 
 
 def test_in_out_inputs_are_deterministic():

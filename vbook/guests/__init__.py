@@ -22,6 +22,7 @@ The ports and addresses they use are named in :mod:`vbook.guests.ports`;
 from __future__ import annotations
 
 from vbook.guests import (
+    debug_exit,
     hello,
     hypercall,
     hypercalls,
@@ -29,6 +30,7 @@ from vbook.guests import (
     long_mode,
     map_gpa_range,
     mmio,
+    serial_hello,
     spin,
     triple_fault,
     unmapped_fetch,
@@ -43,6 +45,8 @@ ALL: dict[str, Guest] = {g.name: g for g in (
     hypercall.GUEST,
     triple_fault.GUEST,
     long_mode.GUEST,
+    serial_hello.GUEST,
+    debug_exit.GUEST,
 )}
 
 #: guests whose point needs a VMM option (see each module)
