@@ -26,7 +26,7 @@ def needs_as():
 
 def test_all_has_the_guests_the_book_needs():
     assert set(ALL) == {"hello", "in_out", "mmio", "hypercall", "triple_fault", "long_mode",
-                        "serial_hello", "debug_exit"}
+                        "serial_hello", "debug_exit", "cpuid_loop"}
     assert set(EXTRA) == {"map_gpa_range", "hypercalls"}
     assert set(MISBEHAVING) == {"spin", "unmapped_fetch"}
     assert not set(ALL) & set(MISBEHAVING)
@@ -48,7 +48,7 @@ def test_guest_shape(name):
 def test_modes():
     assert {n: g.mode for n, g in ALL.items()} == {
         "hello": 16, "in_out": 16, "mmio": 16, "hypercall": 16, "triple_fault": 32,
-        "long_mode": 64, "serial_hello": 16, "debug_exit": 32}
+        "long_mode": 64, "serial_hello": 16, "debug_exit": 32, "cpuid_loop": 16}
 
 
 def test_in_out_inputs_are_deterministic():

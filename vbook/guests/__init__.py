@@ -22,6 +22,7 @@ The ports and addresses they use are named in :mod:`vbook.guests.ports`;
 from __future__ import annotations
 
 from vbook.guests import (
+    cpuid_loop,
     debug_exit,
     hello,
     hypercall,
@@ -47,6 +48,7 @@ ALL: dict[str, Guest] = {g.name: g for g in (
     long_mode.GUEST,
     serial_hello.GUEST,
     debug_exit.GUEST,
+    cpuid_loop.GUEST,
 )}
 
 #: guests whose point needs a VMM option (see each module)

@@ -1,0 +1,111 @@
+"""``cpuid_loop``: VM exits that stay in the kernel — a few CPUIDs, then one OUT, then HLT.
+
+Real mode. ``CPUID`` always causes a VM exit on VMX (EXIT_REASON_CPUID), but
+KVM answers it itself (``kvm_emulate_cpuid``, from the table the VMM set with
+``KVM_SET_CPUID2``) and re-enters the guest: user space never sees it. The
+guest asks for leaf ``KVM_CPUID_SIGNATURE`` (0x40000000, "KVMKVMKVM") three
+times, then writes the number of CPUIDs it made (not anything CPUID
+answered, which differs between hosts) to the pc-testdev port, and halts.
+
+VM exits: CPUID, CPUID, CPUID, IO_INSTRUCTION, HLT. Exits to user space:
+IO out 0xe0/4 (03 00 00 00), HLT.
+
+:func:`timing_guest` builds the same program with other counts — rounds of
+*n* CPUIDs and one OUT — to time the two kinds of exit on a real host.
+"""
+
+from __future__ import annotations
+
+from vbook.errors import GuestError
+from vbook.guests.base import Guest
+from vbook.guests.ports import LOAD_ADDR, MEM_SIZE, STACK_TOP, TESTDEV_PORT
+
+#: KVM's own CPUID leaf: EAX = 0x40000001, EBX:ECX:EDX = "KVMKVMKVM\0\0\0"
+#: (arch/x86/kvm/cpuid.c, case KVM_CPUID_SIGNATURE, Linux 6.1)
+KVM_CPUID_SIGNATURE = 0x40000000
+#: CPUIDs of the shipped guest
+N_CPUID = 3
+
+
+def listing(cpuids: int = N_CPUID, rounds: int = 1) -> str:
+    """The program: ``rounds`` times {``cpuids`` CPUIDs, one OUT of that count}, then HLT."""
+    return f"""\
+# cpuid_loop - real mode: CPUIDs (KVM answers them in the kernel), an OUT, then halt.
+        .intel_syntax noprefix
+        .code16
+        .equ LOAD_ADDR, {LOAD_ADDR:#x}
+        .equ TESTDEV_PORT, {TESTDEV_PORT:#x}
+        .equ KVM_CPUID_SIGNATURE, {KVM_CPUID_SIGNATURE:#x}   # KVM's leaf: "KVMKVMKVM"
+        .equ CPUIDS, {cpuids}                   # CPUIDs per round
+        .equ ROUNDS, {rounds}                   # rounds, one OUT each
+_start:
+        mov   edi, ROUNDS
+round:
+        mov   esi, CPUIDS
+        test  esi, esi
+        jz    show                      # no CPUID this time
+again:
+        mov   eax, KVM_CPUID_SIGNATURE  # leaf in EAX, subleaf in ECX
+        xor   ecx, ecx
+        cpuid                           # VM exit; kvm_emulate_cpuid answers, the guest goes on
+        dec   esi
+        jnz   again
+show:
+        mov   eax, CPUIDS               # a value that does not depend on what CPUID said
+        out   TESTDEV_PORT, eax         # the exit user space sees
+        dec   edi
+        jnz   round
+        hlt
+"""
+
+
+LISTING = listing()
+
+# CODE is generated from LISTING by `python -m vbook.guests.build`; tests/test_guests.py checks it.
+CODE = bytes.fromhex(
+    "66bf0100000066be030000006685f674"
+    "0f66b8000000406631c90fa2664e75f1"
+    "66b80300000066e7e0664f75d9f4"
+)
+
+#: where the immediates sit in CODE: ``mov edi, ROUNDS``, ``mov esi, CPUIDS``, ``mov eax, CPUIDS``
+_ROUNDS_AT, _CPUIDS_AT, _SHOWN_AT = 2, 8, 34
+
+
+def timing_guest(cpuids: int, rounds: int) -> Guest:
+    """``rounds`` × (``cpuids`` CPUID exits + 1 OUT exit), then HLT — for timing on real KVM.
+
+    The bytes are CODE with the three immediates replaced (checked against
+    the assembled :func:`listing` by the tests). Each count is 0..2**32-1,
+    ``rounds`` at least 1.
+    """
+    for name, v, low in (("cpuids", cpuids, 0), ("rounds", rounds, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v < 2**32:
+            raise GuestError(f"timing_guest: {name} must be an integer in [{low}, 2**32), "
+                             f"got {v!r}")
+    code = bytearray(CODE)
+    code[_ROUNDS_AT:_ROUNDS_AT + 4] = rounds.to_bytes(4, "little")
+    code[_CPUIDS_AT:_CPUIDS_AT + 4] = cpuids.to_bytes(4, "little")
+    code[_SHOWN_AT:_SHOWN_AT + 4] = cpuids.to_bytes(4, "little")
+    return Guest(
+        name=f"cpuid_loop_{cpuids}x{rounds}",
+        mode=16,
+        code=bytes(code),
+        listing=listing(cpuids, rounds),
+        description=f"{rounds} round(s) of {cpuids} CPUID exit(s) and one OUT exit, then HLT",
+        load_addr=LOAD_ADDR,
+        mem_size=MEM_SIZE,
+        stack_top=STACK_TOP,
+    )
+
+
+GUEST = Guest(
+    name="cpuid_loop",
+    mode=16,
+    code=CODE,
+    listing=LISTING,
+    description="three CPUIDs (answered in the kernel), one OUT of the count, then HLT",
+    load_addr=LOAD_ADDR,
+    mem_size=MEM_SIZE,
+    stack_top=STACK_TOP,
+)
