@@ -488,7 +488,7 @@ class ExitStep:
         dest = ", ".join(f"KVM_EXIT_{u.reason.name}" for u in self.user_exits) or {
             "kernel": "stays in the kernel", "blocked": "vCPU sleeps in the kernel"}.get(
             self.where, self.where)
-        return (f"{self.index + 1:>3}  rip {self.rip:#07x}  {self.name:<16} "
+        return (f"{self.index + 1:>3}  {self.rip:<#8x} {self.name:<16} "
                 f"{self.handler or '(no handler)':<26} returns {self.ret}  → {dest}")
 
 
@@ -526,7 +526,7 @@ class KernelRun:
 
     def table(self) -> str:
         """One line per VM exit: rip, reason, handler, return value, where it went."""
-        head = f"  #  {'rip':<12}{'VM exit':<17}{'handler':<27}{'':<10}  destination"
+        head = f"  #  {'rip':<9}{'VM exit':<17}{'handler':<27}{'':<10}  destination"
         lines = [head] + [str(s) for s in self.steps]
         lines.append(f"ended: {self.end}" + (f" ({self.unreached} VM exits never reached)"
                                               if self.unreached else ""))
