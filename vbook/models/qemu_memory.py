@@ -419,8 +419,10 @@ def address_space_rw(as_: AddressSpace, addr: int, buf: bytearray, is_write: boo
                             "region": first.name, "offset": off}
     if is_write:
         data["data"] = bytes(buf).hex()
-    as_.ctx.emit("qemu", "call", "address_space_rw", fn="address_space_rw",
-                 file="system/physmem.c", **data)
+    what = f"write {bytes(buf).hex(' ')}" if is_write else "read"
+    label = (f"address_space_rw(&address_space_{'io' if as_.name == 'I/O' else as_.name}, "
+             f"{addr:#x}, len {length}, {what}) → region {first.name!r} + {off:#x}")
+    as_.ctx.emit("qemu", "call", label, fn="address_space_rw", file="system/physmem.c", **data)
     result = MemTxResult.OK
     pos = 0
     while pos < length:

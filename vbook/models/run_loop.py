@@ -112,6 +112,23 @@ CPU_INTERRUPT_HARD = 0x0002
 CPU_INTERRUPT_NMI = 0x0200
 #: target/i386/cpu.h: EFLAGS.IF
 IF_MASK = 0x200
+#: QEMU 9.2.4 linux-headers/linux/kvm.h (newer than the uapi 6.1 headers ExitReason follows):
+#: kvm_cpu_exec has a case for it (private/shared memory conversion, kvm_convert_memory)
+KVM_EXIT_MEMORY_FAULT = 39
+
+#: the cases of ``switch (run->exit_reason)`` in ``kvm_cpu_exec`` (accel/kvm/kvm-all.c,
+#: QEMU 9.2.4); every other exit goes to ``kvm_arch_handle_exit``
+KVM_CPU_EXEC_CASES = ("IO", "MMIO", "IRQ_WINDOW_OPEN", "SHUTDOWN", "UNKNOWN", "INTERNAL_ERROR",
+                      "DIRTY_RING_FULL", "SYSTEM_EVENT", "MEMORY_FAULT")
+#: the cases of ``kvm_arch_handle_exit`` (target/i386/kvm/kvm.c, QEMU 9.2.4) the model follows
+X86_CASES = ("HLT", "SET_TPR", "TPR_ACCESS", "FAIL_ENTRY", "EXCEPTION", "IOAPIC_EOI",
+             "X86_BUS_LOCK", "HYPERCALL")
+#: its other cases, and the QEMU function each calls: the model names them and stops
+#: (they need a guest debugger, Hyper-V or Xen emulation, MSR filters or notify exits,
+#: none of which this book's VMs enable)
+X86_NOT_MODELLED = {"DEBUG": "kvm_handle_debug", "HYPERV": "kvm_hv_handle_exit",
+                    "NOTIFY": "kvm_arch_handle_exit", "X86_RDMSR": "kvm_handle_rdmsr",
+                    "X86_WRMSR": "kvm_handle_wrmsr", "XEN": "kvm_xen_handle_exit"}
 
 KVM_FILE = "accel/kvm/kvm-all.c"
 ACCEL_OPS_FILE = "accel/kvm/kvm-accel-ops.c"
@@ -144,6 +161,8 @@ def exit_name(exit_reason: int) -> str:
     try:
         return f"KVM_EXIT_{ExitReason(exit_reason).name}"
     except ValueError:
+        if exit_reason == KVM_EXIT_MEMORY_FAULT:
+            return "KVM_EXIT_MEMORY_FAULT"
         return f"exit_reason {exit_reason} (no KVM_EXIT_* in uapi 6.1)"
 
 
@@ -419,12 +438,13 @@ def kvm_cpu_exec(cpu: CPUState, max_exits: int, handled: list[Handled],
             break
         start = len(_trace(cpu))
         ret, path = _switch(cpu, exit_reason, exit, messages)
-        handled.append(Handled(exit_reason, exit, (fn, *path), ret))
+        h = Handled(exit_reason, exit, (fn, *path), ret)
+        handled.append(h)
         _mark_reply(cpu, start, exit)
         cpu.stack = [THREAD_FN, fn]
         again = "loop: KVM_RUN again" if ret == 0 else "leave the loop"
         _emit(cpu, "ret", f"ret = {excp_name(ret)}: {again}", fn, KVM_FILE, ret=ret,
-              ret_name=excp_name(ret))
+              ret_name=excp_name(ret), exit_name=h.name, handler=h.handler, path=list(h.path))
         if ret != 0:
             break
     ctx.bql = True
@@ -535,6 +555,15 @@ def _switch(cpu: CPUState, exit_reason: int, exit: Exit | None,
         return -1, ()
     if exit_reason == ExitReason.INTERNAL_ERROR:
         return kvm_handle_internal_error(cpu, exit, messages)
+    if exit_reason == ExitReason.DIRTY_RING_FULL:  # only with KVM_CAP_DIRTY_LOG_RING enabled
+        f = "kvm_dirty_ring_reap"
+        _emit(cpu, "call", f"case {name}: {f} (under the BQL); ret = 0", fn, KVM_FILE)
+        return 0, (f,)
+    if exit_reason == KVM_EXIT_MEMORY_FAULT:  # private memory (guest_memfd): not modelled
+        msg = f"{name}: kvm_convert_memory is not modelled (no guest_memfd on this board)"
+        messages.append(msg)
+        _emit(cpu, "call", f"case {msg}; ret = -1", fn, KVM_FILE)
+        return -1, ("kvm_convert_memory",)
     if exit_reason == ExitReason.SYSTEM_EVENT:
         typ = _detail_int(exit, "type")
         cpu.stack = [THREAD_FN, fn]
@@ -656,9 +685,24 @@ def kvm_arch_handle_exit(cpu: CPUState, exit_reason: int, exit: Exit | None,
     name = exit_name(exit_reason)
     if exit_reason == ExitReason.HLT:
         return kvm_handle_halt(cpu)
-    if exit_reason == ExitReason.SET_TPR:
+    if exit_reason in (ExitReason.SET_TPR, ExitReason.IOAPIC_EOI, ExitReason.X86_BUS_LOCK):
+        # SET_TPR: nothing to do; IOAPIC_EOI: ioapic_eoi_broadcast; BUS_LOCK: done in post_run
         _emit(cpu, "call", f"{f}: case {name}: ret = 0", f, I386_FILE)
         return 0, ()
+    if exit_reason == ExitReason.TPR_ACCESS:
+        g = "kvm_handle_tpr_access"
+        _emit(cpu, "call", f"{f}: case {name}: {g} reports it to the APIC model; returns 1 "
+              "(not 0: kvm_cpu_exec leaves its loop)", f, I386_FILE)
+        return 1, (g,)
+    try:
+        not_modelled = X86_NOT_MODELLED.get(ExitReason(exit_reason).name)
+    except ValueError:
+        not_modelled = None
+    if not_modelled is not None:
+        msg = f"{name} goes to {not_modelled} in QEMU; not modelled here"
+        messages.append(msg)
+        _emit(cpu, "call", f"{f}: case {msg}; the model stops (ret = -1)", f, I386_FILE)
+        return -1, (not_modelled,)
     if exit_reason == ExitReason.FAIL_ENTRY:
         code = _detail_int(exit, "hardware_entry_failure_reason")
         msg = f"KVM: entry failed, hardware error {code:#x}"
@@ -705,6 +749,98 @@ def kvm_handle_halt(cpu: CPUState) -> tuple[int, tuple[str, ...]]:
     return ret, (f,)
 
 
+# --- where QEMU 2.0 (the Linux 3.15 era) differed ---------------------------------------------
+
+@dataclass(frozen=True)
+class Difference:
+    """One way QEMU 2.0 (April 2014, contemporary with Linux 3.15) differed from QEMU 9.2.4.
+
+    ``now_src`` / ``then_src``: (file, a verbatim line or lines) in each tree;
+    tests/test_run_loop.py checks every quote against the sources when they are
+    on the machine. Nothing here is from memory.
+    """
+
+    topic: str
+    now: str
+    then: str
+    now_src: tuple[str, str]
+    then_src: tuple[str, str]
+
+
+QEMU_2_0_DIFFERENCES: tuple[Difference, ...] = (
+    Difference(
+        "vCPU thread",
+        "kvm_vcpu_thread_fn (accel/kvm/kvm-accel-ops.c): do { kvm_cpu_exec; qemu_wait_io_event }"
+        " while (!cpu->unplug || cpu_can_run(cpu))",
+        "qemu_kvm_cpu_thread_fn (cpus.c): while (1) { kvm_cpu_exec; qemu_kvm_wait_io_event }",
+        ("accel/kvm/kvm-accel-ops.c", "static void *kvm_vcpu_thread_fn(void *arg)"),
+        ("cpus.c", "static void *qemu_kvm_cpu_thread_fn(void *arg)")),
+    Difference(
+        "big QEMU lock",
+        "dropped once before the loop (bql_unlock); the IO and MMIO cases run without it",
+        "dropped only around KVM_RUN and taken back at once: the whole switch, every device "
+        "callback included, ran under the lock",
+        ("accel/kvm/kvm-all.c", "            /* Called outside BQL */"),
+        ("kvm-all.c", "        qemu_mutex_unlock_iothread();\n\n"
+                      "        run_ret = kvm_vcpu_ioctl(cpu, KVM_RUN, 0);\n\n"
+                      "        qemu_mutex_lock_iothread();")),
+    Difference(
+        "device callbacks",
+        "prepare_mmio_access takes the BQL around each callback (if the thread lacks it)",
+        "no per-access locking: the lock was already held",
+        ("system/physmem.c", "    if (!bql_locked()) {\n        bql_lock();"),
+        ("kvm-all.c", "        address_space_rw(&address_space_io, port, ptr, size,")),
+    Difference(
+        "KVM_EXIT_MMIO",
+        "address_space_rw(&address_space_memory, …, attrs, …) with kvm_arch_post_run's MemTxAttrs",
+        "cpu_physical_memory_rw(run->mmio.phys_addr, …)",
+        ("accel/kvm/kvm-all.c", "            address_space_rw(&address_space_memory,"),
+        ("kvm-all.c", "            cpu_physical_memory_rw(run->mmio.phys_addr,")),
+    Difference(
+        "KVM_RUN fails",
+        "\"error: kvm run failed\", ret = -1: the VM stops (RUN_STATE_INTERNAL_ERROR)",
+        "\"error: kvm run failed\", then abort(): the QEMU process dies",
+        ("accel/kvm/kvm-all.c", "#endif\n                ret = -1;\n                break;"),
+        ("kvm-all.c", "                    strerror(-run_ret));\n            abort();")),
+    Difference(
+        "exits it knows",
+        "adds KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_DIRTY_RING_FULL and KVM_EXIT_MEMORY_FAULT to the "
+        "switch (Linux 3.15's kvm.h has none of them: its exit reasons end at 23, KVM_EXIT_EPR)",
+        "IO, MMIO, IRQ_WINDOW_OPEN, SHUTDOWN, UNKNOWN, INTERNAL_ERROR; the rest to "
+        "kvm_arch_handle_exit (x86: HLT, SET_TPR, TPR_ACCESS, FAIL_ENTRY, EXCEPTION, DEBUG)",
+        ("accel/kvm/kvm-all.c", "        case KVM_EXIT_SYSTEM_EVENT:"),
+        ("kvm-all.c", "            DPRINTF(\"kvm_arch_handle_exit\\n\");")),
+    Difference(
+        "kicking a vCPU",
+        "kvm_cpu_kick sets run->immediate_exit = 1: KVM_RUN returns -EINTR without entering "
+        "the guest (Linux 3.15's kvm_run has no immediate_exit, only padding1[7])",
+        "qemu_cpu_kick_thread sends the thread a signal, SIG_IPI, which interrupts KVM_RUN",
+        ("accel/kvm/kvm-all.c", "    qatomic_set(&cpu->kvm_run->immediate_exit, 1);"),
+        ("cpus.c", "    err = pthread_kill(cpu->thread->thread, SIG_IPI);")),
+    Difference(
+        "isa-debug-exit",
+        "the write requests a shutdown with status (val << 1) | 1; the main loop stops the "
+        "vCPUs and QEMU exits",
+        "the write called exit((val << 1) | 1) right there, in the vCPU thread",
+        ("hw/misc/debugexit.c",
+         "    qemu_system_shutdown_request_with_code(SHUTDOWN_CAUSE_GUEST_SHUTDOWN,"),
+        ("hw/misc/debugexit.c", "    exit((val << 1) | 1);")),
+    Difference(
+        "KVM_EXIT_SHUTDOWN",
+        "qemu_system_reset_request(SHUTDOWN_CAUSE_GUEST_RESET), ret = EXCP_INTERRUPT",
+        "qemu_system_reset_request() (no cause yet), ret = EXCP_INTERRUPT",
+        ("accel/kvm/kvm-all.c", "            qemu_system_reset_request(SHUTDOWN_CAUSE_GUEST_RESET);"),
+        ("kvm-all.c", "            qemu_system_reset_request();")),
+    Difference(
+        "KVM_EXIT_HLT",
+        "kvm_handle_halt, the same test, between bql_lock() and bql_unlock()",
+        "kvm_handle_halt, the same test (the lock was held already)",
+        ("target/i386/kvm/kvm.c",
+         "        bql_lock();\n        ret = kvm_handle_halt(cpu);\n        bql_unlock();"),
+        ("target-i386/kvm.c", "        ret = kvm_handle_halt(cpu);")),
+)
+
+
 # --- the entry point ------------------------------------------------------------------------
 
 def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
@@ -745,7 +881,8 @@ def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
                       machine.serial.console, tuple(messages), rec.freeze(), machine)
 
 
-__all__ = ["CPU_INTERRUPT_HARD", "CPU_INTERRUPT_NMI", "CPUState", "End", "Excp", "Handled",
+__all__ = ["CPU_INTERRUPT_HARD", "CPU_INTERRUPT_NMI", "KVM_CPU_EXEC_CASES", "QEMU_2_0_DIFFERENCES",
+           "X86_CASES", "X86_NOT_MODELLED", "CPUState", "Difference", "End", "Excp", "Handled",
            "InternalError", "LoopResult", "SystemEvent", "exit_name", "excp_name",
            "kvm_arch_handle_exit", "kvm_cpu_exec", "kvm_handle_halt", "kvm_handle_internal_error",
            "kvm_handle_io", "kvm_handle_mmio", "kvm_vcpu_thread_fn", "main_loop_should_exit",
