@@ -289,10 +289,11 @@ class SerialRead(Exercise):
             reg, value, _ = self.rng.choice(_WRITES)
             self.writes.append((COM1 + reg, int(value(self.rng))))
         self.read = COM1 + self.rng.choice(_READS)
-        lines = [f"out {port:#x}, {v:#04x}" for port, v in self.writes]
+        lines = [f"OUT {port:#x} <- {v:#04x}" for port, v in self.writes]
         return ("QEMU's 16550 starts from serial_reset (LCR 0, LSR THRE|TEMT = 0x60, MCR OUT2 = "
-                "0x08, divisor 12, IER 0, SCR 0). The guest does\n  " + "\n  ".join(lines)
-                + f"\n  in  al, {self.read:#x}\nWhich byte does AL get? (LCR.DLAB = 0x80 turns "
+                "0x08, divisor 12, IER 0, SCR 0). The guest writes one byte to each port, in "
+                "order, then reads one:\n  " + "\n  ".join(lines)
+                + f"\n  IN  {self.read:#x} -> AL\nWhich byte does AL get? (LCR.DLAB = 0x80 turns "
                 "offsets 0 and 1 into DLL/DLM)")
 
     def _run(self) -> tuple[int, list[str]]:

@@ -871,9 +871,8 @@ def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
         machine.ctx.thread = cpu.thread_name
         try:
             end, detail = kvm_vcpu_thread_fn(cpu, max_exits, handled, messages)
-        except _Runaway as e:
+        except _Runaway as e:  # QEMU itself would print nothing: the guest just runs
             end, detail = End.BUDGET, str(e)
-            messages.append(detail)
     rs = machine.runstate
     exit_code = rs.shutdown_exit_code if rs.shutdown_requested else None
     rec.emit("qemu", "stop", end.value, detail=detail, exit_code=exit_code)
