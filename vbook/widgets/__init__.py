@@ -14,6 +14,7 @@ manager.
 from __future__ import annotations
 
 from vbook.widgets.hypercall import HypercallView, show_hypercalls
+from vbook.widgets.kernel_loop import KernelLoopView, show_kernel_loop
 from vbook.widgets.player import (
     StepError,
     TracePlayer,
@@ -32,6 +33,7 @@ from vbook.widgets.run_loop import (
 
 __all__ = [
     "HypercallView",
+    "KernelLoopView",
     "KvmRunView",
     "RunLoopTimeline",
     "RunView",
@@ -42,6 +44,7 @@ __all__ = [
     "kvm_run_layout",
     "notebook_html",
     "show_hypercalls",
+    "show_kernel_loop",
     "show_run",
     "static_html",
 ]
