@@ -99,18 +99,22 @@ FILES: Mapping[str, str] = MappingProxyType({
         "kvm_emulate_hypercall", "kvm_emulate_rdmsr", "kvm_emulate_wrmsr",
         "kvm_get_msr_with_filter", "kvm_set_msr_with_filter", "handle_fastpath_set_msr_irqoff",
         "handle_ud", "kvm_queue_exception", "emulator_fix_hypercall")},
+    **{f: "arch/x86/kvm/x86.c" for f in vmx.KVM_VMX_EXIT_HANDLERS.values()
+       if f.startswith("kvm_")},
     **{f: "arch/x86/kvm/vmx/vmx.c" for f in (
         "vmx_vcpu_run", "vmx_exit_handlers_fastpath", "vmx_handle_exit_irqoff",
-        "vmx_handle_exit", "__vmx_handle_exit", *set(vmx.KVM_VMX_EXIT_HANDLERS.values()))},
+        "vmx_handle_exit", "__vmx_handle_exit",
+        *(f for f in vmx.KVM_VMX_EXIT_HANDLERS.values() if f.startswith("handle_")))},
     "__vmx_vcpu_run": "arch/x86/kvm/vmx/vmenter.S",
     "kvm_emulate_cpuid": "arch/x86/kvm/cpuid.c",
     "kvm_cpuid": "arch/x86/kvm/cpuid.c",
     "kvm_emulate_hypercall": "arch/x86/kvm/x86.c",
     "kvm_mmu_page_fault": "arch/x86/kvm/mmu/mmu.c",
-    "kvm_mmu_do_page_fault": "arch/x86/kvm/mmu/mmu.h",
+    "kvm_mmu_do_page_fault": "arch/x86/kvm/mmu/mmu_internal.h",
     "handle_mmio_page_fault": "arch/x86/kvm/mmu/mmu.c",
     "ioeventfd_write": "virt/kvm/eventfd.c",
-    "kvm_pic_ioport": "arch/x86/kvm/i8259.c",
+    **{f"picdev_{d}_{rw}": "arch/x86/kvm/i8259.c"
+       for d in ("master", "slave", "elcr") for rw in ("read", "write")},
     "ioapic_mmio_write": "arch/x86/kvm/ioapic.c",
     "ioapic_mmio_read": "arch/x86/kvm/ioapic.c",
 })
@@ -131,9 +135,12 @@ QEMU_HANDLERS: Mapping[ExitReason, str] = MappingProxyType({
 FINAL = {ExitReason.HLT: "hlt", ExitReason.SHUTDOWN: "shutdown",
          ExitReason.INTERNAL_ERROR: "internal_error", ExitReason.FAIL_ENTRY: "fail_entry"}
 
-# in-kernel devices of KVM_CREATE_IRQCHIP: (bus, base, length, name)
-PIC_PORTS: tuple[tuple[int, int, str], ...] = (
-    (0x20, 2, "i8259 PIC (master)"), (0xA0, 2, "i8259 PIC (slave)"), (0x4D0, 2, "i8259 ELCR"))
+#: the KVM_PIO_BUS devices of KVM_CREATE_IRQCHIP (i8259.c ``kvm_pic_init``):
+#: (first port, ports, name, the ``picdev_*`` functions that answer)
+PIC_PORTS: tuple[tuple[int, int, str, str], ...] = (
+    (0x20, 2, "i8259 PIC (master)", "picdev_master"),
+    (0xA0, 2, "i8259 PIC (slave)", "picdev_slave"),
+    (0x4D0, 2, "i8259 ELCR", "picdev_elcr"))
 IOAPIC_BASE, IOAPIC_LEN = 0xFEC00000, 0x100
 
 _U32 = 2**32 - 1
@@ -224,7 +231,7 @@ class KvmConfig:
                 if ev.pio and ev.matches(port, size, value):
                     return str(ev)
         if self.irqchip:
-            for base, length, name in PIC_PORTS:
+            for base, length, name, _ in PIC_PORTS:
                 if base <= port and port + size <= base + length:
                     return name
         return None
@@ -607,7 +614,8 @@ def _handle_io(ex: VmExit, cfg: KvmConfig) -> _Outcome:
         if dev.startswith("ioeventfd"):
             calls.append((5, "ioeventfd_write", "eventfd_signal: wake whoever waits on it"))
         else:
-            calls.append((5, "kvm_pic_ioport", dev))
+            fn = next(f for _, _, name, f in PIC_PORTS if name == dev)
+            calls.append((5, f"{fn}_{'read' if q.in_ else 'write'}", dev))
         calls.append((1, "kvm_skip_emulated_instruction", "RIP past the instruction"))
         return _Outcome(calls, 1, note=f"{dev} took it in the kernel")
     completion = "complete_fast_pio_in" if q.in_ else "complete_fast_pio_out"
@@ -632,6 +640,15 @@ def _handle_mmio(ex: VmExit, cfg: KvmConfig, first: bool) -> _Outcome:
         calls += [(1, "kvm_mmu_page_fault", "error code PFERR_RSVD_MASK: an MMIO SPTE"),
                   (2, "handle_mmio_page_fault", "RET_PF_EMULATE")]
     else:
+        if ex.before.get("fetch"):
+            calls += [(1, "kvm_mmu_page_fault", ""),
+                      (2, "kvm_mmu_do_page_fault", "no memory slot: RET_PF_EMULATE"),
+                      (2, "x86_emulate_instruction", "cannot fetch the instruction: "
+                                                     "handle_emulation_failure (CPL 0)")]
+            u = UserExit(ExitReason.INTERNAL_ERROR, {
+                "detail": f"suberror {int(KvmInternalError.EMULATION)} (EMULATION)"})
+            return _Outcome(calls, 0, [u], note="instruction fetch from an address with no "
+                                                "memory slot")
         if not accesses:
             calls += [(1, "kvm_mmu_page_fault", ""),
                       (2, "kvm_mmu_do_page_fault", "guest RAM: KVM maps the page (EPT entry)")]
@@ -654,6 +671,8 @@ def _handle_mmio(ex: VmExit, cfg: KvmConfig, first: bool) -> _Outcome:
                           f"{a['gpa']:#x}: KVM_MMIO_BUS, taken by {dev}"))
             if dev.startswith("ioeventfd"):
                 calls.append((4, "ioeventfd_write", "eventfd_signal"))
+            else:
+                calls.append((4, "ioapic_mmio_write" if is_write else "ioapic_mmio_read", dev))
         else:
             if not user:
                 calls += [(3, "vcpu_mmio_write" if is_write else "vcpu_mmio_read",

@@ -17,8 +17,8 @@
 // that the model did not record.
 
 const KL_SLOT = 16;
-const KL_ROW = 14;
-const KL_DEPTHS = 10;
+const KL_ROW = 12;
+const KL_DEPTHS = 12;
 const KL_USER_H = 34;
 const KL_GUEST_H = 34;
 const KL_GAP = 6;

@@ -1,0 +1,144 @@
+"""KernelLoopView: payload, repr, ESM splice, static page, and (optional) a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vbook.models.kvm_kernel import KvmConfig, VmExit, kvm_run
+from vbook.trace import Trace
+from vbook.widgets import static_html
+from vbook.widgets.kernel_loop import PANE_CSS, PANE_JS, KernelLoopView, show_kernel_loop
+from vbook.widgets.player import CSS, ESM
+
+EXITS = ([VmExit.cpuid(0x40000000, rip=0x101A)] * 3
+         + [VmExit.io(0xE0, 4, data=bytes([3, 0, 0, 0]), rip=0x1026), VmExit.hlt(0x102D)])
+
+
+@pytest.fixture
+def run():
+    return kvm_run(EXITS, title="cpuid_loop")
+
+
+def test_payload_is_the_trace_and_repr_is_stable(run):
+    w = KernelLoopView(run)
+    assert w.trace == run.trace.to_dict() and w.panes == "kernel" and w.speed == 4.0
+    assert repr(w) == ("KernelLoopView(trace='cpuid_loop', 86 events, 5 VM exits: 3 in the "
+                       "kernel, 2 to user space)")
+    assert w.vm_exits() == {"kernel": 3, "user": 2, "blocked": 0}
+    assert Trace.from_json(json.dumps(w.trace)) == run.trace
+    assert w.kvm_run["exit_names"]["2"] == "KVM_EXIT_IO"
+    q = show_kernel_loop(kvm_run(EXITS, KvmConfig.qemu([0xE0])), step=3)
+    assert q.step == 3 and repr(q).endswith("4 in the kernel, 0 to user space, 1 asleep)")
+
+
+def test_esm_is_the_player_plus_the_pane(run):
+    esm = str(KernelLoopView._esm)
+    assert esm.count("export default") == 1 and "PANES.kernel = function kernelPane" in esm
+    assert esm.startswith(ESM.read_text(encoding="utf-8").rstrip()[: -len("export default { render };")])
+    src = PANE_JS.read_text(encoding="utf-8")
+    assert not re.search(r"^\s*import\s", src, re.M) and not re.search(r"https?://", src)
+    css = str(KernelLoopView._css)
+    assert CSS.read_text(encoding="utf-8") in css and PANE_CSS.read_text(encoding="utf-8") in css
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_esm_with_the_pane_loads_as_a_module(tmp_path):
+    f = tmp_path / "kl.mjs"
+    f.write_text(str(KernelLoopView._esm), encoding="utf-8")
+    code = f"import({json.dumps(f.as_uri())}).then(m => console.log(typeof m.default.render))"
+    out = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "function"
+
+
+def test_static_html_carries_the_pane(run):
+    page = static_html(KernelLoopView(run))
+    assert "PANES.kernel" in page and "vp-kl-stack" in page and "kvm_emulate_cpuid" in page
+
+
+# --- in a browser ------------------------------------------------------------------------
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
+                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+FWD = ".vp-btn[title^='step forward']"
+
+
+@pytest.fixture
+def page_of(tmp_path):
+    if sync_playwright is None or CHROMIUM is None:
+        pytest.skip("needs playwright-python and a system chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--headless", "--no-sandbox", "--disable-gpu"])
+        problems: list[str] = []
+
+        def _open(html: str):
+            path = tmp_path / "kl.html"
+            path.write_text(html, encoding="utf-8")
+            page = b.new_page(viewport={"width": 1100, "height": 800})
+            page.on("pageerror", lambda e: problems.append(f"error: {e}"))
+            page.route(re.compile(r"^https?://"),
+                       lambda r: (problems.append(f"fetch: {r.request.url}"), r.abort()))
+            page.goto(path.as_uri())
+            page.wait_for_selector(".vbook-player .vp-kl-head")
+            return page
+
+        yield _open, problems
+        b.close()
+
+
+def _seek(page, step: int) -> None:
+    for _ in range(300):
+        if page.get_attribute(".vbook-player", "data-step") == str(step):
+            return
+        page.click(FWD)
+    raise AssertionError(f"never reached step {step}")
+
+
+def test_pane_steps_down_and_up_the_kernel(run, page_of):
+    open_page, problems = page_of
+    page = open_page(static_html(KernelLoopView(run)))
+    assert page.inner_text(".vp-kl-head").startswith(
+        "5 VM exits · 3 handled in the kernel · 2 to user space")
+    assert page.locator(".vp-kl-exit.where-kernel").count() == 3
+    assert page.locator(".vp-kl-exit.where-user").count() == 2
+    events = run.trace.events
+    handler = next(i for i, e in enumerate(events) if e.label == "kvm_cpuid")
+    _seek(page, handler)
+    stack = page.inner_text(".vp-kl-stack").splitlines()
+    assert stack[:2] == ["kernel call stack", "kvm_vcpu_ioctl"]
+    assert [line.split()[0] for line in stack[1:]] == [
+        "kvm_vcpu_ioctl", "kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest",
+        "vmx_handle_exit", "__vmx_handle_exit", "kvm_emulate_cpuid", "kvm_cpuid"]
+    assert page.inner_text(".vp-caption-text").startswith("kvm_cpuid()   arch/x86/kvm/cpuid.c")
+    back_up = next(i for i in range(handler, len(events))
+                   if events[i].label == "vcpu_enter_guest returns 1")
+    _seek(page, back_up)
+    assert page.inner_text(".vp-kl-stack").splitlines()[-1].startswith(
+        "vcpu_enter_guest → returns 1")
+    assert page.inner_text(".vp-caption-note") == "vcpu_run loops"
+    cpuid_exit = next(i for i, e in enumerate(events) if e.kind == "vmexit")
+    page.click(f".vp-kl-node >> nth={cpuid_exit}")
+    assert page.inner_text(".vp-caption-text").startswith("VM exit 10 (EXIT_REASON_CPUID)")
+    assert "user space never saw it" in page.inner_text(".vp-caption-note")
+    vmexit = next(i for i, e in enumerate(events) if e.kind == "vmexit" and e["name"] == "IO_INSTRUCTION")
+    _seek(page, vmexit)
+    assert page.inner_text(".vp-caption-text").startswith(
+        "VM exit 30 (EXIT_REASON_IO_INSTRUCTION) at rip 0x1026 — OUT port 0xe0 size 4; "
+        "handler handle_io")
+    assert "KVM_RUN returns to user space" in page.inner_text(".vp-caption-note")
+    page.click(".vp-kl-node.kind-ioctl >> nth=1")  # the second KVM_RUN
+    assert page.inner_text(".vp-kl-stack").startswith("user space")
+    assert problems == []
