@@ -23,6 +23,7 @@ from vbook.widgets.player import (
     notebook_html,
     static_html,
 )
+from vbook.widgets.qemu_loop import QemuLoopView, show_loop
 from vbook.widgets.run_loop import (
     KvmRunView,
     RunLoopTimeline,
@@ -35,6 +36,7 @@ __all__ = [
     "HypercallView",
     "KernelLoopView",
     "KvmRunView",
+    "QemuLoopView",
     "RunLoopTimeline",
     "RunView",
     "StepError",
@@ -45,6 +47,7 @@ __all__ = [
     "notebook_html",
     "show_hypercalls",
     "show_kernel_loop",
+    "show_loop",
     "show_run",
     "static_html",
 ]
