@@ -312,8 +312,8 @@ class SerialRead(Exercise):
         value, _ = self._run()
         if answer == value:
             return Feedback(True, f"right: {value:#04x}")
-        dlab_reads = any(p == COM1 + Reg.LCR and v & Lcr.DLAB for p, v in self.writes)
-        hint = " Is DLAB set when the guest reads?" if dlab_reads else ""
+        dlab = any(p == COM1 + Reg.LCR and v & Lcr.DLAB for p, v in self.writes)
+        hint = " Is DLAB set when the guest reads?" if dlab and self.read - COM1 in (0, 1) else ""
         return Feedback(False, f"not {answer:#04x}: follow each write through "
                                f"serial_ioport_write.{hint}")
 

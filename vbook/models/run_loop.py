@@ -753,7 +753,7 @@ def kvm_handle_halt(cpu: CPUState) -> tuple[int, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Difference:
-    """One way QEMU 2.0 (April 2014, contemporary with Linux 3.15) differed from QEMU 9.2.4.
+    """One way QEMU 2.0.0 (the QEMU of the Linux 3.15 era) differed from QEMU 9.2.4.
 
     ``now_src`` / ``then_src``: (file, a verbatim line or lines) in each tree;
     tests/test_run_loop.py checks every quote against the sources when they are
@@ -844,12 +844,16 @@ QEMU_2_0_DIFFERENCES: tuple[Difference, ...] = (
 # --- the entry point ------------------------------------------------------------------------
 
 def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
-        machine: Machine | None = None, **vcpu_kw: Any) -> LoopResult:
+        machine: Machine | None = None, *, budget: int | None = None,
+        timeout: float | None = None, **vcpu_kw: Any) -> LoopResult:
     """Run ``guest`` through the model of QEMU's vCPU thread on ``backend``.
 
     ``backend``: "unicorn", "kvm" or "auto" (see :func:`vbook.backends.pick`);
-    ``max_exits`` bounds the exits; ``vcpu_kw`` go to the backend (``budget=``
-    for unicorn, ``timeout=`` for KVM). A fresh :class:`~vbook.devices.machine.Machine`
+    ``max_exits`` bounds the exits. A guest that runs without exiting is
+    stopped by the backend: after ``budget`` instructions on unicorn, after
+    ``timeout`` seconds of one ``KVM_RUN`` on KVM (each goes only to its own
+    backend; None keeps the backend's default); ``vcpu_kw`` go to the backend
+    as they are. A fresh :class:`~vbook.devices.machine.Machine`
     is made unless one is given. The run always ends with a :class:`LoopResult`
     — a guest that spins, faults or triple-faults included; only a host that
     cannot complete a hypercall, or a guest fault the unicorn backend cannot
@@ -866,6 +870,10 @@ def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
         machine.ctx.trace = rec
     handled: list[Handled] = []
     messages: list[str] = []
+    if budget is not None and backend == "unicorn":
+        vcpu_kw["budget"] = budget
+    if timeout is not None and backend == "kvm":
+        vcpu_kw["timeout"] = timeout
     with open_vcpu(guest, backend, **vcpu_kw) as vcpu:
         cpu = CPUState(vcpu, machine)
         machine.ctx.thread = cpu.thread_name
