@@ -1,0 +1,87 @@
+"""QemuLoopView in a real browser: a static page, no kernel, no network.
+
+Optional, like tests/test_widgets_browser.py: needs playwright-python and a
+system Chromium, and the unicorn backend for the run it shows.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vbook.backends import available
+from vbook.guests import ALL
+from vbook.models import run_loop
+from vbook.widgets.qemu_loop import QemuLoopView
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
+                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright-python is not installed"),
+    pytest.mark.skipif(CHROMIUM is None, reason="no system chromium (apt-get install chromium)"),
+]
+
+
+@pytest.fixture
+def page(tmp_path):
+    why = available()["unicorn"]
+    if why:
+        pytest.skip(f"unicorn backend: {why}")
+    r = run_loop.run(ALL["debug_exit"], "unicorn")
+    path = tmp_path / "loop.html"
+    path.write_text(QemuLoopView(r).to_html(full_page=True), encoding="utf-8")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = b.new_page(viewport={"width": 1200, "height": 900})
+        problems: list[str] = []
+        pg.on("pageerror", lambda e: problems.append(f"error: {e}"))
+        pg.route(re.compile(r"^https?://"),
+                 lambda rt: (problems.append(f"fetch: {rt.request.url}"), rt.abort()))
+        pg.goto(path.as_uri())
+        pg.wait_for_selector(".vbook-player .vp-q-stack")
+        yield pg, r, problems
+        b.close()
+
+
+def go(pg, i):
+    pg.evaluate(f"""() => {{ const s = document.querySelector('.vp-slider');
+        s.value = '{i}'; s.dispatchEvent(new Event('input')); }}""")
+
+
+def test_stack_bql_exits_and_status_follow_the_step(page):
+    pg, r, problems = page
+    events = r.trace.events
+    dev = next(i for i, e in enumerate(events) if e.actor == "device")
+    go(pg, dev)
+    assert pg.inner_text(".vp-q-stack li.top") == "test_iomem_write"
+    assert pg.inner_text(".vp-q-bql") == "holds the BQL"
+    assert pg.locator(".vp-q-exits tbody tr").count() == 4
+    assert pg.inner_text(".vp-q-exits tr.cur td.fn") == "test_iomem_write"
+    assert pg.inner_text(".vp-caption-text").startswith("device: test_iomem_write")
+    handle = next(i for i, e in enumerate(events) if e.data.get("fn") == "kvm_handle_io")
+    go(pg, handle)
+    assert pg.inner_text(".vp-q-bql") == "BQL not held"
+    assert pg.inner_text(".vp-q-status") == ""
+    go(pg, len(events) - 1)
+    assert pg.inner_text(".vp-q-status") == "isa-debug-exit: QEMU will exit with status 85"
+    assert pg.inner_text(".vp-caption-text") == "QEMU stops the vCPU loop: guest-shutdown"
+    assert problems == []
+
+
+def test_clicking_an_exit_seeks_to_it(page):
+    pg, r, problems = page
+    pg.locator(".vp-q-exits tbody tr").nth(2).click()
+    step = int(pg.get_attribute(".vbook-player", "data-step"))
+    assert r.trace.events[step].kind == "exit" and r.trace.events[step]["phys_addr"] == 0xFE000000
+    assert problems == []
