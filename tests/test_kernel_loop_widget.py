@@ -142,3 +142,16 @@ def test_pane_steps_down_and_up_the_kernel(run, page_of):
     page.click(".vp-kl-node.kind-ioctl >> nth=1")  # the second KVM_RUN
     assert page.inner_text(".vp-kl-stack").startswith("user space")
     assert problems == []
+
+
+def test_exit_chart_draws_the_counts(run):
+    from vbook.widgets.kernel_loop import exit_chart
+
+    runs = {"cpuid_loop": {"bare": run, "irqchip": kvm_run(EXITS, KvmConfig(irqchip=True))}}
+    fig = exit_chart(runs, run)
+    left, right = fig.axes
+    widths = [p.get_width() for p in left.patches]  # kernel, user, blocked per row, stacked
+    assert widths == [3, 3, 2, 1, 0, 1]
+    assert [p.get_height() for p in right.patches] == [8, 8, 8, 14, 6]
+    assert [t.get_text() for t in right.get_xticklabels()] == ["CPUID"] * 3 + ["IO", "HLT"]
+    assert repr(fig).startswith("<Figure size 1100x")

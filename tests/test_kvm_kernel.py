@@ -610,3 +610,24 @@ def test_kvm_cpuid_leaves_as_cpuid_c_reports_them():
     assert sum(1 << int(PvFeature[n]) for n in named) == kk.KVM_SUPPORTED_PV_FEATURES
     sig = src[src.index("case KVM_CPUID_SIGNATURE: {"):]
     assert "entry->eax = KVM_CPUID_FEATURES;" in sig[:300]
+
+
+def test_round_trips_count_the_steps_between_exit_and_entry():
+    r = kvm_run([VmExit.cpuid(0x40000000, rip=0x101A)] * 3
+                + [VmExit.io(0xE0, 4, data=bytes([3, 0, 0, 0]), rip=0x1026), VmExit.hlt(0x102D)])
+    assert [(t.name, t.where, t.kernel_calls, t.kvm_run_returns, t.user_steps)
+            for t in r.round_trips()] == [
+        ("CPUID", "kernel", 8, 0, 0), ("CPUID", "kernel", 8, 0, 0), ("CPUID", "kernel", 8, 0, 0),
+        ("IO_INSTRUCTION", "user", 14, 1, 1), ("HLT", "user", 6, 1, 1)]
+    rmw = VmExit(R.EPT_MISCONFIG, 0, 0, 0xD0008, {"accesses": [
+        {"gpa": 0xD0008, "len": 1, "is_write": False, "data": "41"},
+        {"gpa": 0xD0008, "len": 1, "is_write": True, "data": "42"}]})
+    assert kvm_run([rmw, VmExit.hlt()]).round_trips()[0].kvm_run_returns == 2
+
+
+def test_measure_reports_both_kinds_of_exit():
+    unicorn_or_skip()
+    t = cpuid_loop.measure("unicorn", outs=50, cpuids=2, rounds=10)
+    assert (t.backend, t.user_exits, t.kernel_exits) == ("unicorn", 60, 20)
+    assert t.user_exit > 0 and t.kernel_exit >= 0
+    assert str(t).startswith("on unicorn: exit to user space and back ")

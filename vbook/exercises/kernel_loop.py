@@ -96,12 +96,12 @@ class WhereDoExitsGo(_KernelLoopExercise):
                                        "does an in-kernel device (irqchip, ioeventfd) or the "
                                        "kernel itself finish?")
         if len(got) < len(want):
-            return Feedback(False, f"the first {len(got)} are right; more exits reach user "
-                                   "space than that")
+            return Feedback(False, f"{_first(len(got))} right; more exits reach user space "
+                                   "than that")
         last = self.run.end
         why = (" — with the irqchip in the kernel, where does a halted vCPU wait?"
                if last == "blocked" else "")
-        return Feedback(False, f"the first {len(want)} are right, but that is all user space "
+        return Feedback(False, f"{_first(len(want))} right, but that is all user space "
                                f"sees{why}")
 
     def answer(self) -> Solution:
@@ -132,12 +132,16 @@ class HandlerAndReturn(_KernelLoopExercise):
                 return Feedback(False, f"VM exit {k + 1} ({wh}): the handler is right, the "
                                        f"return value is not — {self.config.describe()}")
         if len(got) != len(want):
-            return Feedback(False, f"the first {min(len(got), len(want))} are right; the guest "
+            return Feedback(False, f"{_first(min(len(got), len(want)))} right; the guest "
                                    f"makes {len(want)} VM exits")
         return Feedback(True, f"right: {sum(r for _, r in want)} of {len(want)} return 1")
 
     def answer(self) -> Solution:
         return Solution([(s.handler, s.ret) for s in self.run.steps], self.run.table())
+
+
+def _first(n: int) -> str:
+    return "none of them is" if n == 0 else "the first one is" if n == 1 else f"the first {n} are"
 
 
 __all__ = ["CONFIGS", "OPS", "HandlerAndReturn", "WhereDoExitsGo"]

@@ -16,6 +16,8 @@ IO out 0xe0/4 (03 00 00 00), HLT.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vbook.errors import GuestError
 from vbook.guests.base import Guest
 from vbook.guests.ports import LOAD_ADDR, MEM_SIZE, STACK_TOP, TESTDEV_PORT
@@ -97,6 +99,48 @@ def timing_guest(cpuids: int, rounds: int) -> Guest:
         mem_size=MEM_SIZE,
         stack_top=STACK_TOP,
     )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What a VM exit cost on a backend, measured with :func:`measure` (seconds per exit)."""
+
+    backend: str
+    user_exit: float  #: an OUT: KVM_RUN returns to user space and is called again
+    kernel_exit: float  #: a CPUID: KVM answers and re-enters the guest
+    user_exits: int
+    kernel_exits: int
+
+    def __str__(self) -> str:
+        return (f"on {self.backend}: exit to user space and back {self.user_exit * 1e6:.2f} µs "
+                f"({1 / self.user_exit:,.0f}/s, {self.user_exits:,} OUTs); exit handled in the "
+                f"kernel {self.kernel_exit * 1e6:.2f} µs ({self.kernel_exits:,} CPUIDs); "
+                f"ratio {self.user_exit / self.kernel_exit:.1f}")
+
+
+def measure(backend: str = "kvm", outs: int = 20_000, cpuids: int = 50,
+            rounds: int = 1_000) -> Timing:
+    """Time both kinds of exit on ``backend`` with the VMM loop in Python (times, not a test).
+
+    ``outs`` OUT exits alone give the round trip to user space; ``rounds`` ×
+    (``cpuids`` CPUIDs + 1 OUT) minus ``rounds`` round trips, divided by the
+    CPUIDs, gives one exit KVM handles itself.
+    """
+    import time
+
+    from vbook.backends import open_vcpu
+
+    def seconds(guest: Guest) -> float:
+        with open_vcpu(guest, backend, timeout=30.0) as vcpu:
+            t = time.perf_counter()
+            while vcpu.run().reason.name != "HLT":
+                pass
+            return time.perf_counter() - t
+
+    per_user = seconds(timing_guest(0, outs)) / outs
+    mixed = seconds(timing_guest(cpuids, rounds))
+    per_kernel = max(mixed - rounds * per_user, 0.0) / (cpuids * rounds)
+    return Timing(backend, per_user, per_kernel, outs + rounds, cpuids * rounds)
 
 
 GUEST = Guest(

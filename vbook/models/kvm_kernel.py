@@ -500,6 +500,24 @@ class ExitStep:
 
 
 @dataclass(frozen=True)
+class RoundTrip:
+    """What one VM exit cost in steps, from the exit to the next VM entry.
+
+    ``kernel_calls`` kernel functions entered, ``kvm_run_returns`` times
+    ``KVM_RUN`` returned to user space (each one a return to user mode and a
+    new ``ioctl`` into the kernel), ``user_steps`` exits user space handled.
+    Counts, not times: what the time is, is measured on a real host.
+    """
+
+    index: int
+    name: str
+    where: str
+    kernel_calls: int
+    kvm_run_returns: int
+    user_steps: int
+
+
+@dataclass(frozen=True)
 class KernelRun:
     """The whole walk: each VM exit's :class:`ExitStep`, the user exits in order, the trace.
 
@@ -530,6 +548,21 @@ class KernelRun:
             d = out.setdefault(s.name, {"kernel": 0, "user": 0, "blocked": 0})
             d[s.where] += 1
         return out
+
+    def round_trips(self) -> tuple[RoundTrip, ...]:
+        """For each VM exit, what happened between it and the next VM entry (from the trace)."""
+        events = self.trace.events
+        starts = [i for i, e in enumerate(events) if e.actor == "kvm" and e.kind == "vmexit"]
+        out = []
+        for k, i in enumerate(starts):
+            j = next((n for n in range(i + 1, len(events))
+                      if events[n].actor == "kvm" and events[n].kind == "entry"), len(events))
+            seg = events[i:j]
+            out.append(RoundTrip(k, str(seg[0]["name"]), str(seg[0]["where"]),
+                                 sum(1 for e in seg if e.actor == "kvm" and e.kind == "call"),
+                                 sum(1 for e in seg if e.actor == "kvm" and e.kind == "exit"),
+                                 sum(1 for e in seg if e.actor == "qemu" and e.kind == "handle")))
+        return tuple(out)
 
     def table(self) -> str:
         """One line per VM exit: rip, reason, handler, return value, where it went."""
@@ -947,7 +980,7 @@ def destinations(run: KernelRun) -> list[tuple[str, str, int]]:
 __all__ = [
     "CPUID_TABLE", "FILES", "FINAL", "KVM_CPUID_FEATURES", "KVM_CPUID_SIGNATURE",
     "KVM_SIGNATURE", "KVM_SUPPORTED_PV_FEATURES", "QEMU_HANDLERS", "CpuidEntry", "ExitStep",
-    "Ioeventfd", "KernelModelError", "KernelRun", "KvmConfig", "KvmInternalError",
+    "Ioeventfd", "RoundTrip", "KernelModelError", "KernelRun", "KvmConfig", "KvmInternalError",
     "UserExit", "VmExit", "as_vm_exit", "destinations", "kvm_cpuid", "kvm_run",
     "vmx_handle_exit",
 ]
