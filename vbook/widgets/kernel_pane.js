@@ -190,7 +190,11 @@ PANES.kernel = function kernelPane(ctx) {
   const wrap = h("div", { class: "vp-kl" }, [head, body]);
 
   const W = idx.width;
-  const root = s("svg", { class: "vp-kl-svg", width: W, height: KL_H, viewBox: `0 0 ${W} ${KL_H}` });
+  const root = s("svg", {
+    class: "vp-kl-svg", width: W, height: KL_H, viewBox: `0 0 ${W} ${KL_H}`,
+    // a page's own "svg { max-width: 100% }" must not shrink it away from the lane labels
+    style: `width:${W}px;height:${KL_H}px;max-width:none`,
+  });
   s("rect", { class: "vp-kl-band lane-user", x: 0, y: 0, width: W, height: KL_USER_H }, root);
   s("rect", { class: "vp-kl-band lane-kernel", x: 0, y: KL_KTOP, width: W, height: KL_DEPTHS * KL_ROW }, root);
   s("rect", { class: "vp-kl-band lane-guest", x: 0, y: KL_GTOP, width: W, height: KL_GUEST_H }, root);
