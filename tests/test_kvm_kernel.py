@@ -631,3 +631,39 @@ def test_measure_reports_both_kinds_of_exit():
     assert (t.backend, t.user_exits, t.kernel_exits) == ("unicorn", 60, 20)
     assert t.user_exit > 0 and t.kernel_exit >= 0
     assert str(t).startswith("on unicorn: exit to user space and back ")
+
+
+def test_msr_exits_of_long_mode_and_the_passthrough_msrs():
+    log, _ = vm_exits_of(ALL["long_mode"])
+    assert [(k.reason, k.rip, k.before) for k in log[:2]] == [
+        ("MSR_READ", 0x1051, {"ecx": vmx.MSR_EFER}),
+        ("MSR_WRITE", 0x1059, {"ecx": vmx.MSR_EFER, "eax": 0x100, "edx": 0})]
+    assert log[0].after == {"eax": 0, "edx": 0}
+    assert [s.ret for s in kvm_run(log).steps[:2]] == [1, 1]
+    # FS_BASE goes straight to the CPU (no exit); EFER exits
+    g = Guest("msrs", 16, bytes.fromhex("66b9000100c06631c06631d20f30" "66b9800000c00f32" "f4"),
+              "mov ecx, 0xc0000100\nxor eax, eax\nxor edx, edx\nwrmsr\n"
+              "mov ecx, 0xc0000080\nrdmsr\nhlt")
+    log, _ = vm_exits_of(g)
+    assert [(k.reason, k.before) for k in log] == [("MSR_READ", {"ecx": vmx.MSR_EFER}),
+                                                    ("HLT", {})]
+
+
+def test_msr_passthrough_is_what_vmx_vcpu_create_sets():
+    if not Path(LINUX_6_1).exists():
+        pytest.skip(f"no kernel tree at {LINUX_6_1} (set VBOOK_LINUX_6_1_GIT)")
+    src = subprocess.run(["git", "--git-dir", LINUX_6_1, "show",
+                          f"{LINUX_6_1_REV}:arch/x86/kvm/vmx/vmx.c"],
+                         capture_output=True, text=True).stdout
+    body = src[src.index("static int vmx_vcpu_create(struct kvm_vcpu *vcpu)"):]
+    body = body[:body.index("if (kvm_cstate_in_guest(vcpu->kvm))")]
+    found = re.findall(r"vmx_disable_intercept_for_msr\(vcpu, (MSR_\w+), MSR_TYPE_(RW|R)\);", body)
+    numbers = {name: getattr(vmx, name) for name, _ in found}
+    assert {numbers[n] for n, _ in found} == vmx.MSR_PASSTHROUGH_READ
+    assert {numbers[n] for n, t in found if t == "RW"} == vmx.MSR_PASSTHROUGH_WRITE
+    index = subprocess.run(["git", "--git-dir", LINUX_6_1, "show",
+                            f"{LINUX_6_1_REV}:arch/x86/include/asm/msr-index.h"],
+                           capture_output=True, text=True).stdout
+    for name, value in {**numbers, "MSR_EFER": vmx.MSR_EFER}.items():
+        m = re.search(rf"#define {name}\s+(0x[0-9a-fA-F]+)", index)
+        assert m and int(m.group(1), 16) == value, name

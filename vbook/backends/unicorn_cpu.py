@@ -109,11 +109,18 @@ to user space. :func:`vbook.models.kvm_kernel.kvm_run` walks them.
 * ``EXCEPTION_NMI`` for #UD (KVM always intercepts it; ``handle_ud``
   re-injects it, or rewrites a VMMCALL into VMCALL), then ``TRIPLE_FAULT``
   when the guest cannot deliver an exception.
-* Not reported: RDMSR/WRMSR (unicorn 2.1.4 refuses ``UC_X86_INS_RDMSR`` /
-  ``WRMSR`` hooks, measured: UC_ERR_HOOK), CR_ACCESS (which MOV-to-CR exits
-  depends on the CR0/CR4 guest/host masks), the EPT violations that map guest
-  RAM pages on first touch, and everything asynchronous (host interrupts,
-  the preemption timer).
+* ``MSR_READ`` / ``MSR_WRITE`` for every RDMSR / WRMSR of an MSR KVM
+  intercepts (all but :data:`vbook.models.vmx.MSR_PASSTHROUGH_READ` /
+  ``_WRITE``), with ECX (and EDX:EAX). unicorn 2.1.4 refuses instruction
+  hooks on them (UC_ERR_HOOK, measured), so at load time every ``0F 32`` /
+  ``0F 30`` in the guest's code gets a ``UC_HOOK_CODE`` hook on exactly that
+  address — it fires only if an instruction starts there, and costs nothing
+  elsewhere (measured: the OUT-loop rate is unchanged). Code the guest writes
+  at run time is not covered. The value is whatever unicorn's MSR holds;
+  unicorn then executes the instruction itself.
+* Not reported: CR_ACCESS (which MOV-to-CR exits depends on the CR0/CR4
+  guest/host masks), the EPT violations that map guest RAM pages on first
+  touch, and everything asynchronous (host interrupts, the preemption timer).
 
 **Modes** — the guest starts like a reset CPU in real mode (CS = DS = ES =
 SS = 0, IP = ``load_addr``, IDTR/GDTR limit 0xffff as KVM sets them) and may
@@ -142,7 +149,13 @@ from vbook.errors import (
 )
 from vbook.guests.base import Guest
 from vbook.models.kvm_api import ExitReason, IoDirection
-from vbook.models.vmx import VmxExitReason, ept_violation_qualification, io_qualification
+from vbook.models.vmx import (
+    MSR_PASSTHROUGH_READ,
+    MSR_PASSTHROUGH_WRITE,
+    VmxExitReason,
+    ept_violation_qualification,
+    io_qualification,
+)
 
 PAGE = 0x1000
 DEFAULT_BUDGET = 1_000_000
@@ -415,6 +428,11 @@ class UnicornVcpu(VCpu):
         uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_out, None, 1, 0, x.UC_X86_INS_OUT)
         uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_in, None, 1, 0, x.UC_X86_INS_IN)
         uc.hook_add(uc_mod.UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
+        code = guest.code
+        for off in range(len(code) - 1):  # RDMSR 0F 32 / WRMSR 0F 30 (see the module doc)
+            if code[off] == 0x0F and code[off + 1] in (0x30, 0x32):
+                addr = guest.load_addr + off
+                uc.hook_add(uc_mod.UC_HOOK_CODE, self._hook_msr, None, addr, addr)
         uc.hook_add(uc_mod.UC_HOOK_MEM_READ_UNMAPPED | uc_mod.UC_HOOK_MEM_WRITE_UNMAPPED,
                     self._hook_unmapped)
         uc.hook_add(uc_mod.UC_HOOK_MEM_FETCH_UNMAPPED, self._hook_fetch_unmapped)
@@ -803,6 +821,31 @@ class UnicornVcpu(VCpu):
             hit = self._out_miss(key, port, size, value, self._rd(self._RIP))
         self._event = hit
         uc.emu_stop()
+
+    def _hook_msr(self, uc: Any, address: int, size: int, _: Any) -> None:
+        """An instruction starts at a 0F 32 / 0F 30 found at load time: record the MSR exit."""
+        if size != 2:
+            return
+        op = bytes(uc.mem_read(address, 2))
+        if op not in (b"\x0f\x32", b"\x0f\x30"):
+            return  # the guest rewrote its code
+        x = self._x
+        rip = self._rd(self._RIP)
+        ecx = self._rd(x.UC_X86_REG_RCX) & 0xFFFFFFFF
+        if op == b"\x0f\x32":
+            if ecx in MSR_PASSTHROUGH_READ:
+                return
+            try:
+                value = uc.msr_read(ecx)
+                after = {"eax": value & 0xFFFFFFFF, "edx": value >> 32 & 0xFFFFFFFF}
+            except self._UcError:
+                after = {}
+            self.kernel_exits.append(KernelExit("MSR_READ", rip, "kvm_emulate_rdmsr",
+                                                before={"ecx": ecx}, after=after))
+        elif ecx not in MSR_PASSTHROUGH_WRITE:
+            eax, edx = (self._rd(r) & 0xFFFFFFFF for r in (self._RAX, x.UC_X86_REG_RDX))
+            self.kernel_exits.append(KernelExit("MSR_WRITE", rip, "kvm_emulate_wrmsr",
+                                                before={"ecx": ecx, "eax": eax, "edx": edx}))
 
     def _hook_cpuid(self, uc: Any, _: Any) -> int:
         """CPUID: answer like KVM's ``kvm_emulate_cpuid`` from the model table; no exit to user."""

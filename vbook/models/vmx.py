@@ -379,6 +379,22 @@ DIFFERENCES_3_15: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: MSR numbers (arch/x86/include/asm/msr-index.h, Linux 6.1) of the MSRs below
+MSR_IA32_TSC = 0x10
+MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_EFER = 0xC0000080
+MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE = 0xC0000100, 0xC0000101, 0xC0000102
+
+#: MSRs a guest reads / writes *without* a VM exit: ``vmx_vcpu_create`` clears
+#: their bits in the MSR bitmap (``vmx_disable_intercept_for_msr``, Linux 6.1,
+#: x86-64; the C-state residency MSRs only with ``kvm_cstate_in_guest``, left
+#: out here). Every other RDMSR / WRMSR exits with MSR_READ / MSR_WRITE.
+MSR_PASSTHROUGH_READ: frozenset[int] = frozenset({
+    MSR_IA32_TSC, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE,
+    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP})
+MSR_PASSTHROUGH_WRITE: frozenset[int] = MSR_PASSTHROUGH_READ - {MSR_IA32_TSC}
+
+
 def handler_for(basic: int) -> str | None:
     """The Linux 6.1 handler of a basic exit reason, or None (no table entry)."""
     try:
@@ -470,6 +486,7 @@ def ept_violation_qualification(access: str, rwx: int = 0, gva_valid: bool = Tru
 __all__ = [
     "BASIC_EXIT_REASON_MASK", "DEPENDS", "DIFFERENCES_3_15", "FASTPATH", "KERNEL",
     "KVM_VMX_EXIT_HANDLERS", "KVM_VMX_EXIT_HANDLERS_3_15", "KVM_VMX_MAX_EXIT_HANDLERS",
+    "MSR_PASSTHROUGH_READ", "MSR_PASSTHROUGH_WRITE",
     "RETPOLINE_DIRECT", "RETURN_RULE", "USER", "USER_SPACE", "VMCS_FIELDS",
     "VMX_EXIT_REASONS_FAILED_VMENTRY", "VMX_EXIT_REASONS_SGX_ENCLAVE_MODE", "IoQualification",
     "VmxError", "VmxExitReason", "basic_exit_reason", "describe_reason",
