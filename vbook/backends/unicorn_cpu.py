@@ -852,14 +852,19 @@ class UnicornVcpu(VCpu):
         from vbook.models.kvm_kernel import kvm_cpuid
 
         rd, wr = self._rd, self._wr
-        rip = rd(self._RIP)
-        eax, ecx = rd(self._RAX) & 0xFFFFFFFF, rd(self._CPUID_REGS[2]) & 0xFFFFFFFF
-        answer = kvm_cpuid(eax, ecx)
-        for reg, value in zip(self._CPUID_REGS, answer, strict=True):
+        key = (rd(self._RIP), rd(self._RAX) & 0xFFFFFFFF, rd(self._CPUID_REGS[2]) & 0xFFFFFFFF)
+        record = self._vmexit_cache.get(key)
+        if record is None:  # the table is fixed: the same leaf at the same RIP, the same answer
+            rip, eax, ecx = key
+            answer = kvm_cpuid(eax, ecx)
+            record = KernelExit("CPUID", rip, "kvm_emulate_cpuid", before={"eax": eax, "ecx": ecx},
+                                after=dict(zip(("eax", "ebx", "ecx", "edx"), answer, strict=True)))
+            if len(self._vmexit_cache) >= 4096:
+                self._vmexit_cache.clear()
+            self._vmexit_cache[key] = record
+        for reg, value in zip(self._CPUID_REGS, record.after.values(), strict=True):
             wr(reg, value)  # kvm_rax_write & co: the 32-bit value, zero-extended
-        self.kernel_exits.append(KernelExit(
-            "CPUID", rip, "kvm_emulate_cpuid", before={"eax": eax, "ecx": ecx},
-            after=dict(zip(("eax", "ebx", "ecx", "edx"), answer, strict=True))))
+        self.kernel_exits.append(record)
         return 1  # handled: unicorn skips its own CPUID and moves RIP past it
 
     def _hook_in(self, uc: Any, port: int, size: int, _: Any) -> int:
