@@ -9,9 +9,9 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from _browser import NEEDS_BROWSER, page_opener, seek
 
 from vbook.backends import available
 from vbook.guests import EXTRA
@@ -120,54 +120,14 @@ def test_trace_json_round_trip_of_the_widget(run):
 
 # --- in a browser ------------------------------------------------------------------------
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
-
-browser_only = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright-python is not installed"),
-    pytest.mark.skipif(CHROMIUM is None, reason="no system chromium (apt-get install chromium)"),
-]
-FWD = ".vp-btn[title^='step forward']"
-
-
 @pytest.fixture
 def page_of(tmp_path):
-    if sync_playwright is None or CHROMIUM is None:
-        pytest.skip("needs playwright-python and a system chromium")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--headless", "--no-sandbox", "--disable-gpu"])
-        problems: list[str] = []
-
-        def _open(html: str):
-            path = tmp_path / "hc.html"
-            path.write_text(html, encoding="utf-8")
-            page = b.new_page(viewport={"width": 1100, "height": 900})
-            page.on("pageerror", lambda e: problems.append(f"error: {e}"))
-            page.route(re.compile(r"^https?://"),
-                       lambda r: (problems.append(f"fetch: {r.request.url}"), r.abort()))
-            page.goto(path.as_uri())
-            page.wait_for_selector(".vbook-player .vp-hc-head")
-            return page
-
-        yield _open, problems
-        b.close()
+    with page_opener(tmp_path, ".vbook-player .vp-hc-head", name="hc.html") as opened:
+        yield opened
 
 
-def _seek(page, step: int) -> None:
-    for _ in range(200):
-        if page.get_attribute(".vbook-player", "data-step") == str(step):
-            return
-        page.click(FWD)
-    raise AssertionError(f"never reached step {step}")
-
-
-@browser_only[0]
-@browser_only[1]
+@NEEDS_BROWSER[0]
+@NEEDS_BROWSER[1]
 def test_pane_steps_through_a_refused_and_a_detoured_hypercall(run, page_of):
     open_page, problems = page_of
     page = open_page(static_html(HypercallView(run)))
@@ -178,7 +138,7 @@ def test_pane_steps_through_a_refused_and_a_detoured_hypercall(run, page_of):
     # the CPL 3 hypercall: after its skip, RAX is -1 = -KVM_EPERM
     events = run.trace.events
     skip8 = next(i for i, e in enumerate(events) if e.kind == "skip" and e.data["hc"] == 8)
-    _seek(page, skip8)
+    seek(page, skip8)
     regs = page.inner_text(".vp-hc-regs")
     assert "0xffffffffffffffff = -1 (-KVM_EPERM)" in regs
     assert page.inner_text(".vp-hc-node.cur").startswith("kvm_skip_")
@@ -186,7 +146,7 @@ def test_pane_steps_through_a_refused_and_a_detoured_hypercall(run, page_of):
     page.click(".vp-hc-list tbody tr[data-hc='6']")  # jump to MAP_GPA_RANGE
     assert caption().startswith("hypercall #7: VMCALL")
     user = next(i for i, e in enumerate(events) if e.actor == "qemu" and e.kind == "hypercall")
-    _seek(page, user)
+    seek(page, user)
     assert page.inner_text(".vp-hc-node.cur").startswith("user space")
     assert "hypercall.ret = 0x0" in page.inner_text(".vp-hc-node.cur")
     assert page.locator(".vp-hc-path .unused").count() == 0

@@ -6,9 +6,9 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from _browser import page_opener, seek
 
 from vbook.models.kvm_kernel import KvmConfig, VmExit, kvm_run
 from vbook.trace import Trace
@@ -65,46 +65,11 @@ def test_static_html_carries_the_pane(run):
 
 # --- in a browser ------------------------------------------------------------------------
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
-
-FWD = ".vp-btn[title^='step forward']"
-
-
 @pytest.fixture
 def page_of(tmp_path):
-    if sync_playwright is None or CHROMIUM is None:
-        pytest.skip("needs playwright-python and a system chromium")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--headless", "--no-sandbox", "--disable-gpu"])
-        problems: list[str] = []
-
-        def _open(html: str):
-            path = tmp_path / "kl.html"
-            path.write_text(html, encoding="utf-8")
-            page = b.new_page(viewport={"width": 1100, "height": 800})
-            page.on("pageerror", lambda e: problems.append(f"error: {e}"))
-            page.route(re.compile(r"^https?://"),
-                       lambda r: (problems.append(f"fetch: {r.request.url}"), r.abort()))
-            page.goto(path.as_uri())
-            page.wait_for_selector(".vbook-player .vp-kl-head")
-            return page
-
-        yield _open, problems
-        b.close()
-
-
-def _seek(page, step: int) -> None:
-    for _ in range(300):
-        if page.get_attribute(".vbook-player", "data-step") == str(step):
-            return
-        page.click(FWD)
-    raise AssertionError(f"never reached step {step}")
+    with page_opener(tmp_path, ".vbook-player .vp-kl-head", name="kl.html",
+                     viewport=(1100, 800)) as opened:
+        yield opened
 
 
 def test_pane_steps_down_and_up_the_kernel(run, page_of):
@@ -116,7 +81,7 @@ def test_pane_steps_down_and_up_the_kernel(run, page_of):
     assert page.locator(".vp-kl-exit.where-user").count() == 2
     events = run.trace.events
     handler = next(i for i, e in enumerate(events) if e.label == "kvm_cpuid")
-    _seek(page, handler)
+    seek(page, handler)
     stack = page.inner_text(".vp-kl-stack").splitlines()
     assert stack[:2] == ["kernel call stack", "kvm_vcpu_ioctl"]
     assert [line.split()[0] for line in stack[1:]] == [
@@ -125,7 +90,7 @@ def test_pane_steps_down_and_up_the_kernel(run, page_of):
     assert page.inner_text(".vp-caption-text").startswith("kvm_cpuid()   arch/x86/kvm/cpuid.c")
     back_up = next(i for i in range(handler, len(events))
                    if events[i].label == "vcpu_enter_guest returns 1")
-    _seek(page, back_up)
+    seek(page, back_up)
     assert page.inner_text(".vp-kl-stack").splitlines()[-1].startswith(
         "vcpu_enter_guest → returns 1")
     assert page.inner_text(".vp-caption-note") == "vcpu_run loops"
@@ -134,7 +99,7 @@ def test_pane_steps_down_and_up_the_kernel(run, page_of):
     assert page.inner_text(".vp-caption-text").startswith("VM exit 10 (EXIT_REASON_CPUID)")
     assert "user space never saw it" in page.inner_text(".vp-caption-note")
     vmexit = next(i for i, e in enumerate(events) if e.kind == "vmexit" and e["name"] == "IO_INSTRUCTION")
-    _seek(page, vmexit)
+    seek(page, vmexit)
     assert page.inner_text(".vp-caption-text").startswith(
         "VM exit 30 (EXIT_REASON_IO_INSTRUCTION) at rip 0x1026 — OUT port 0xe0 size 4; "
         "handler handle_io")

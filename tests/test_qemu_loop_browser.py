@@ -7,30 +7,16 @@ system Chromium, and the unicorn backend for the run it shows.
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import pytest
+from _browser import ARGS, CHROMIUM, NEEDS_BROWSER, sync_playwright
 
 from vbook.backends import available
 from vbook.guests import ALL
 from vbook.models import run_loop
 from vbook.widgets.qemu_loop import QemuLoopView
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright-python is not installed"),
-    pytest.mark.skipif(CHROMIUM is None, reason="no system chromium (apt-get install chromium)"),
-]
+pytestmark = NEEDS_BROWSER
 
 
 @pytest.fixture

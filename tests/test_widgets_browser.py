@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from pathlib import Path
 
 import pytest
+from _browser import ARGS, BACK, CHROMIUM, FWD, NEEDS_BROWSER, PLAY, sync_playwright
 from test_widgets import hand_trace
 
 from vbook.trace import Trace
@@ -26,24 +25,8 @@ from vbook.widgets import (
 )
 from vbook.widgets.player import WIDGET_STATE, WIDGET_VIEW, _page
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = NEEDS_BROWSER
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright-python is not installed"),
-    pytest.mark.skipif(CHROMIUM is None, reason="no system chromium (apt-get install chromium)"),
-]
-
-FWD = ".vp-btn[title^='step forward']"
-BACK = ".vp-btn[title^='step back']"
-PLAY = ".vp-btn[title^='play']"
 
 
 @pytest.fixture(scope="module")
