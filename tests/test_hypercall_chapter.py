@@ -11,13 +11,12 @@ or VBOOK_LINUX_3_15_GIT at another git directory that has them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from _sources import LINUX_3_15, LINUX_3_15_REV, LINUX_6_1, LINUX_6_1_REV, function_body, git_show
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -317,28 +316,6 @@ def test_3_15_and_6_1_differ_where_the_chapter_says():
 
 
 # --- the kernel sources, where present -----------------------------------------------------
-
-LINUX_6_1 = os.environ.get("VBOOK_LINUX_6_1_GIT", "/work/.mirror/krr-io+linux-6.1.0/repo")
-LINUX_6_1_REV = "7c210bc387c3fd282b1579833bbf6b7411ef4f30"
-LINUX_3_15 = os.environ.get("VBOOK_LINUX_3_15_GIT",
-                            "/work/.mirror/pradeep0605+CS736_Eager_paging_linux-3.15.5/repo")
-LINUX_3_15_REV = "a9bdf583"
-
-
-def git_show(gitdir: str, rev: str, path: str) -> str:
-    if not Path(gitdir).exists():
-        pytest.skip(f"no kernel tree at {gitdir} (set VBOOK_LINUX_*_GIT)")
-    p = subprocess.run(["git", "--git-dir", gitdir, "show", f"{rev}:{path}"],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"{rev}:{path} not readable in {gitdir}: {p.stderr.strip()[:200]}")
-    return p.stdout
-
-
-def function_body(src: str, signature: str) -> str:
-    start = src.index(signature)
-    end = src.index("\n}\n", start)
-    return src[start:end]
 
 
 def cases(body: str) -> set[str]:

@@ -16,9 +16,19 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from _sources import (
+    LINUX_3_15,
+    LINUX_3_15_REV,
+    LINUX_6_1,
+    LINUX_6_1_REV,
+    QEMU_2,
+    QEMU_2_REV,
+    QEMU_9,
+    function_body,
+    git_show,
+)
 
 import vbook.models.run_loop as rl
 from vbook.backends import available
@@ -370,30 +380,6 @@ def test_the_widget_renders_the_run():
 
 
 # --- the sources, where present ---------------------------------------------------------------
-
-QEMU_9 = os.environ.get("VBOOK_QEMU_9_2_GIT", "/work/.mirror/zhouyuming+qemu-9.2.4/repo")
-QEMU_2 = os.environ.get("VBOOK_QEMU_2_0_GIT", "/work/.mirror/dorapanda+qemu-2.0.0-with-fm3/repo")
-QEMU_2_REV = "8b7a051"  # the import of QEMU 2.0.0 (VERSION 2.0.0), before the FM3 board
-LINUX_6_1 = os.environ.get("VBOOK_LINUX_6_1_GIT", "/work/.mirror/krr-io+linux-6.1.0/repo")
-LINUX_6_1_REV = "7c210bc387c3fd282b1579833bbf6b7411ef4f30"
-LINUX_3_15 = os.environ.get("VBOOK_LINUX_3_15_GIT",
-                            "/work/.mirror/pradeep0605+CS736_Eager_paging_linux-3.15.5/repo")
-LINUX_3_15_REV = "a9bdf583"
-
-
-def git_show(gitdir: str, rev: str, path: str) -> str:
-    if not Path(gitdir).exists():
-        pytest.skip(f"no source tree at {gitdir} (set VBOOK_QEMU_*_GIT / VBOOK_LINUX_*_GIT)")
-    p = subprocess.run(["git", "--git-dir", gitdir, "show", f"{rev}:{path}"],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"{rev}:{path} not readable in {gitdir}: {p.stderr.strip()[:200]}")
-    return p.stdout
-
-
-def function_body(src: str, signature: str) -> str:
-    start = src.index(signature)
-    return src[start:src.index("\n}\n", start)]
 
 
 def switch_cases(body: str) -> set[str]:

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _sources import LINUX_3_15, LINUX_3_15_REV, LINUX_6_1, LINUX_6_1_REV, git_show
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -191,22 +192,6 @@ def test_ept_violation_qualification():
 
 
 # --- the kernel sources -------------------------------------------------------------------------
-
-LINUX_6_1 = os.environ.get("VBOOK_LINUX_6_1_GIT", "/work/.mirror/krr-io+linux-6.1.0/repo")
-LINUX_6_1_REV = "7c210bc387c3fd282b1579833bbf6b7411ef4f30"
-LINUX_3_15 = os.environ.get("VBOOK_LINUX_3_15_GIT",
-                            "/work/.mirror/pradeep0605+CS736_Eager_paging_linux-3.15.5/repo")
-LINUX_3_15_REV = "a9bdf583"
-
-
-def git_show(gitdir: str, rev: str, path: str) -> str:
-    if not Path(gitdir).exists():
-        pytest.skip(f"no kernel tree at {gitdir} (set VBOOK_LINUX_*_GIT)")
-    p = subprocess.run(["git", "--git-dir", gitdir, "show", f"{rev}:{path}"],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"{rev}:{path} not readable in {gitdir}: {p.stderr.strip()[:200]}")
-    return p.stdout
 
 
 def handler_array(src: str) -> dict[str, str]:
