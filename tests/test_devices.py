@@ -10,11 +10,11 @@ hw/misc/pc-testdev.c, system/memory.c, system/physmem.c, system/ioport.c;
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from _oracle import need_c, printf_lines, program, run_c
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -336,21 +336,10 @@ def _serial_expectations() -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def serial_reg_values(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed: the serial_reg.h oracle needs it")
-    if not os.path.exists(SERIAL_REG_H):
-        pytest.skip(f"{SERIAL_REG_H} is missing (linux-libc-dev)")
+    need_c(SERIAL_REG_H)
     exp = _serial_expectations()
-    d = tmp_path_factory.mktemp("serial_oracle")
-    src = d / "o.c"
-    src.write_text("#include <stdio.h>\n#include <linux/serial_reg.h>\nint main(void){\n"
-                   + "".join(f'printf("{k} %ld\\n", (long)({k}));\n' for k in exp)
-                   + "return 0;}\n")
-    exe = d / "o"
-    p = subprocess.run(["gcc", "-o", str(exe), str(src)], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
-    return dict((k, int(v)) for k, v in (line.split() for line in out.splitlines()))
+    body = printf_lines({k: k for k in exp})
+    return run_c(tmp_path_factory.mktemp("serial_oracle"), program(["linux/serial_reg.h"], body))
 
 
 @pytest.mark.parametrize("macro", sorted(_serial_expectations()))

@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
+from _oracle import run_c
 
 from vbook.backends.base import Regs
 from vbook.models import hypercall, kvm_api
@@ -150,18 +150,7 @@ def oracle(tmp_path_factory) -> dict[str, int | None]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    d = tmp_path_factory.mktemp("kvm_oracle")
-    src, exe = d / "oracle.c", d / "oracle"
-    src.write_text(_c_program())
-    cc = subprocess.run(["gcc", "-Wall", "-o", str(exe), str(src)], capture_output=True, text=True)
-    if cc.returncode != 0:
-        pytest.fail(f"oracle did not compile:\n{cc.stderr[-3000:]}")
-    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
-    values: dict[str, int | None] = {}
-    for line in out.splitlines():
-        key, _, value = line.rpartition(" ")
-        values[key] = None if value == "MISSING" else int(value)
-    return values
+    return run_c(tmp_path_factory.mktemp("kvm_oracle"), _c_program())
 
 
 def _version(code: int) -> tuple[int, int, int]:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
-import subprocess
 
 import pytest
+from _oracle import need_c, printf_lines, program, run_c
 from _sources import (
     LINUX_3_15,
     LINUX_3_15_REV,
@@ -480,16 +479,8 @@ def test_linux_6_1_completes_the_pending_exit_before_immediate_exit():
 # --- C oracle: <linux/kvm.h> -----------------------------------------------------------------------
 
 def test_kvm_h_constants_the_model_uses(tmp_path):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed: the kvm.h oracle needs it")
-    if not os.path.exists("/usr/include/linux/kvm.h"):
-        pytest.skip("/usr/include/linux/kvm.h is missing (linux-libc-dev)")
+    need_c("/usr/include/linux/kvm.h")
     exp = {f"KVM_SYSTEM_EVENT_{e.name}": e.value for e in rl.SystemEvent}
     exp.update({f"KVM_INTERNAL_ERROR_{e.name}": e.value for e in rl.InternalError})
-    src = tmp_path / "o.c"
-    src.write_text("#include <stdio.h>\n#include <linux/kvm.h>\nint main(void){\n"
-                   + "".join(f'printf("{k} %ld\\n", (long)({k}));\n' for k in exp)
-                   + "return 0;}\n")
-    subprocess.run(["gcc", "-o", str(tmp_path / "o"), str(src)], check=True)
-    out = subprocess.run([str(tmp_path / "o")], capture_output=True, text=True, check=True).stdout
-    assert dict((k, int(v)) for k, v in (line.split() for line in out.splitlines())) == exp
+    got = run_c(tmp_path, program(["linux/kvm.h"], printf_lines({k: k for k in exp})))
+    assert got == exp

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from _oracle import need_c, printf_lines, program, run_c
 from _sources import LINUX_3_15, LINUX_3_15_REV, LINUX_6_1, LINUX_6_1_REV, git_show
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,14 +34,6 @@ VMX_H = "/usr/include/x86_64-linux-gnu/asm/vmx.h"
 # --- the C oracle ------------------------------------------------------------------------------
 
 
-def _oracle_skip() -> str | None:
-    if shutil.which("gcc") is None:
-        return "no C compiler: gcc not on PATH"
-    if not os.path.exists(VMX_H):
-        return f"uapi header {VMX_H} missing (install linux-libc-dev)"
-    return None
-
-
 EXPECTED = {f"EXIT_REASON_{r.name}": int(r) for r in VmxExitReason}
 EXPECTED["VMX_EXIT_REASONS_FAILED_VMENTRY"] = vmx.VMX_EXIT_REASONS_FAILED_VMENTRY
 EXPECTED["VMX_EXIT_REASONS_SGX_ENCLAVE_MODE"] = vmx.VMX_EXIT_REASONS_SGX_ENCLAVE_MODE
@@ -50,27 +41,9 @@ EXPECTED["VMX_EXIT_REASONS_SGX_ENCLAVE_MODE"] = vmx.VMX_EXIT_REASONS_SGX_ENCLAVE
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory) -> dict[str, int | None]:
-    why = _oracle_skip()
-    if why:
-        pytest.skip(why)
-    lines = ["#include <stdio.h>", "#include <asm/vmx.h>", "int main(void) {"]
-    for name in EXPECTED:
-        lines += [f"#ifdef {name}",
-                  f'  printf("{name} %llu\\n", (unsigned long long)({name}));',
-                  "#else", f'  printf("{name} MISSING\\n");', "#endif"]
-    lines += ["  return 0;", "}"]
-    d = tmp_path_factory.mktemp("vmx_oracle")
-    src, exe = d / "vmx.c", d / "vmx"
-    src.write_text("\n".join(lines) + "\n")
-    cc = subprocess.run(["gcc", "-Wall", "-o", str(exe), str(src)], capture_output=True, text=True)
-    if cc.returncode != 0:
-        pytest.fail(f"oracle did not compile:\n{cc.stderr[-2000:]}")
-    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
-    values: dict[str, int | None] = {}
-    for line in out.splitlines():
-        key, _, value = line.rpartition(" ")
-        values[key] = None if value == "MISSING" else int(value)
-    return values
+    need_c(VMX_H)
+    body = printf_lines({name: name for name in EXPECTED}, guard_macros=True)
+    return run_c(tmp_path_factory.mktemp("vmx_oracle"), program(["asm/vmx.h"], body))
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -80,9 +53,8 @@ def test_constant_matches_the_header(oracle, name):
 
 
 def test_enum_holds_every_exit_reason_of_the_header():
-    why = _oracle_skip()
-    if why:
-        pytest.skip(why)
+    if not os.path.exists(VMX_H):
+        pytest.skip(f"uapi header {VMX_H} missing (install linux-libc-dev)")
     text = Path(VMX_H).read_text()
     defined = {m[0]: int(m[1]) for m in re.findall(r"#define\s+EXIT_REASON_(\w+)\s+(\d+)", text)}
     assert defined == {r.name: int(r) for r in VmxExitReason}
@@ -239,9 +211,8 @@ def test_6_1_source_handle_io_decodes_the_bits_the_model_encodes():
 
 
 def test_6_1_source_uapi_header_is_the_installed_one():
-    why = _oracle_skip()
-    if why:
-        pytest.skip(why)
+    if not os.path.exists(VMX_H):
+        pytest.skip(f"uapi header {VMX_H} missing (install linux-libc-dev)")
     tree = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/include/uapi/asm/vmx.h")
     ours = Path(VMX_H).read_text()
     strip = lambda t: re.sub(r"_UAPIVMX_H|VMX_H", "GUARD", t)  # noqa: E731 (include guard)
