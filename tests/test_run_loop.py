@@ -17,6 +17,7 @@ import re
 
 import pytest
 from _oracle import need_c, printf_lines, program, run_c
+from _scripted import install_scripted
 from _sources import (
     LINUX_3_15,
     LINUX_3_15_REV,
@@ -31,7 +32,7 @@ from _sources import (
 
 import vbook.models.run_loop as rl
 from vbook.backends import available
-from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit, Regs, VCpu
+from vbook.backends.base import Exit, HypercallExit, IoExit, MmioExit
 from vbook.errors import (
     BudgetExhausted,
     HypercallNotCompleted,
@@ -65,56 +66,9 @@ def mmio(addr, data=None, size=4):
 HLT = Exit(ExitReason.HLT)
 
 
-class Scripted(VCpu):
-    """A vCPU that returns a script of exits (or raises what the script holds)."""
-
-    backend = "unicorn"
-
-    def __init__(self, script):
-        self.script, self.completed, self.closed, self.runs = list(script), [], False, 0
-
-    @classmethod
-    def check_available(cls):
-        pass
-
-    @classmethod
-    def from_guest(cls, guest, **kw):
-        raise NotImplementedError
-
-    def run(self):
-        self.runs += 1
-        item = self.script.pop(0)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def complete(self, data):
-        self.completed.append(data)
-
-    def get_regs(self):
-        return Regs(rip=0x1000)
-
-    def set_regs(self, regs):
-        pass
-
-    def read_memory(self, gpa, n):
-        return bytes(n)
-
-    def close(self):
-        self.closed = True
-
-
 @pytest.fixture
 def scripted(monkeypatch):
-    made = []
-
-    def fake_open(guest, backend, **kw):
-        made.append(Scripted(guest.inputs["script"]))
-        return made[-1]
-
-    monkeypatch.setattr(rl, "open_vcpu", fake_open)
-    monkeypatch.setattr(rl, "pick", lambda b: "unicorn")
-    return made
+    return install_scripted(monkeypatch, rl)
 
 
 def run(script, **kw):

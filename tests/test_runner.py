@@ -1,9 +1,10 @@
 """The exit loop against a scripted vCPU: what crosses the boundary, and in what order."""
 
 import pytest
+from _scripted import install_scripted
 
 import vbook.runner as runner
-from vbook.backends.base import Exit, IoExit, MmioExit, Regs, VCpu
+from vbook.backends.base import Exit, IoExit, MmioExit
 from vbook.bus import COM1, SimpleBus
 from vbook.errors import BudgetExhausted
 from vbook.guests.base import Guest
@@ -17,50 +18,9 @@ MMIO_R = Exit(ExitReason.MMIO, mmio=MmioExit(0xD0000, 4, False))
 HLT = Exit(ExitReason.HLT)
 
 
-class Scripted(VCpu):
-    backend = "unicorn"
-
-    def __init__(self, script):
-        self.script, self.completed, self.closed = list(script), [], False
-
-    @classmethod
-    def check_available(cls):
-        pass
-
-    @classmethod
-    def from_guest(cls, guest, **kw):
-        raise NotImplementedError
-
-    def run(self):
-        return self.script.pop(0)
-
-    def complete(self, data):
-        self.completed.append(data)
-
-    def get_regs(self):
-        return Regs(rip=0x1000)
-
-    def set_regs(self, regs):
-        pass
-
-    def read_memory(self, gpa, n):
-        return bytes(n)
-
-    def close(self):
-        self.closed = True
-
-
 @pytest.fixture
 def scripted(monkeypatch):
-    made = []
-
-    def fake_open(guest, backend, **kw):
-        made.append(Scripted(guest.inputs["script"]))
-        return made[-1]
-
-    monkeypatch.setattr(runner, "open_vcpu", fake_open)
-    monkeypatch.setattr(runner, "pick", lambda b: "unicorn")
-    return made
+    return install_scripted(monkeypatch, runner)
 
 
 def guest(script):
