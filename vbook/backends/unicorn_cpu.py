@@ -178,6 +178,7 @@ _UNTIL = 2**64 - 1  # an emu_start end address no guest reaches
 _MASK64 = 2**64 - 1
 _ADDR = 0x000F_FFFF_FFFF_F000  # physical-address bits of a 64-bit paging entry
 _STRING_IO = frozenset((0x6C, 0x6D))  # INS
+_STRING_OUT = frozenset((0x6E, 0x6F))  # OUTS
 _PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3))
 
 _R_IO, _R_MMIO = ExitReason.IO, ExitReason.MMIO
@@ -879,14 +880,23 @@ class UnicornVcpu(VCpu):
 
     def _is_string_io(self, rip: int) -> bool:
         """Is the IN at ``rip`` an INS (decoded once per RIP, then cached)?"""
-        known = self._string_io.get(rip)
+        return self._is_string(rip, self._string_io, _STRING_IO)
+
+    def _is_string_out(self, rip: int) -> bool:
+        """Is the OUT at ``rip`` an OUTS (decoded once per RIP, then cached)?"""
+        return self._is_string(rip, self._string_out, _STRING_OUT)
+
+    def _is_string(self, rip: int, cache: dict[int, bool], opcodes: frozenset[int]) -> bool:
+        """Does the instruction at ``rip``, past its prefixes (and REX in 64-bit code),
+        have one of ``opcodes``?"""
+        known = cache.get(rip)
         if known is None:
             cs_base, lm, _ = self._cs_info()
             code = self._read_linear(cs_base + rip, 15) or b""
             i = 0
             while i < len(code) and (code[i] in _PREFIXES or (lm and 0x40 <= code[i] <= 0x4F)):
                 i += 1
-            known = self._string_io[rip] = i < len(code) and code[i] in _STRING_IO
+            known = cache[rip] = i < len(code) and code[i] in opcodes
         return known
 
     def _hook_unmapped(self, uc: Any, access: int, addr: int, size: int, value: int,
@@ -977,18 +987,6 @@ class UnicornVcpu(VCpu):
             self._vmexit_cache.clear()
         self._vmexit_cache[key] = record
         return record
-
-    def _is_string_out(self, rip: int) -> bool:
-        """Is the OUT at ``rip`` an OUTS (decoded once per RIP, then cached)?"""
-        known = self._string_out.get(rip)
-        if known is None:
-            cs_base, lm, _ = self._cs_info()
-            code = self._read_linear(cs_base + rip, 15) or b""
-            i = 0
-            while i < len(code) and (code[i] in _PREFIXES or (lm and 0x40 <= code[i] <= 0x4F)):
-                i += 1
-            known = self._string_out[rip] = i < len(code) and code[i] in (0x6E, 0x6F)
-        return known
 
     def _mmio_vm_exit(self, rip: int, gpa: int, size: int, is_write: bool,
                       data: bytes | None) -> None:
