@@ -6,12 +6,10 @@ The browser tests need playwright-python and a system Chromium, and skip without
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
 
 import pytest
 from _browser import NEEDS_BROWSER, page_opener, seek
+from _panes import assert_player_plus_pane, render_type_in_node
 
 from vbook.backends import available
 from vbook.guests import EXTRA
@@ -27,7 +25,6 @@ from vbook.widgets.hypercall import (
     hypercall_layout,
     show_hypercalls,
 )
-from vbook.widgets.player import CSS, ESM
 
 U64 = 2**64
 MAP_GPA_ON = 1 << 12
@@ -86,26 +83,11 @@ def test_a_trace_with_no_vmcall_starts_at_zero():
 
 
 def test_esm_is_the_player_plus_the_pane_and_css_both():
-    w_esm = str(HypercallView._esm)
-    base = ESM.read_text(encoding="utf-8")
-    assert w_esm.count("export default") == 1
-    assert "PANES.hypercall = function hypercallPane" in w_esm
-    assert w_esm.startswith(base.rstrip()[: -len("export default { render };")])
-    src = PANE_JS.read_text(encoding="utf-8")
-    assert not re.search(r"^\s*import\s", src, re.M) and not re.search(r"https?://", src)
-    css = str(HypercallView._css)
-    assert CSS.read_text(encoding="utf-8") in css and PANE_CSS.read_text(encoding="utf-8") in css
+    assert_player_plus_pane(HypercallView, PANE_JS, PANE_CSS, "hypercall")
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_esm_with_the_pane_loads_as_a_module(tmp_path):
-    f = tmp_path / "hc.mjs"
-    f.write_text(str(HypercallView._esm), encoding="utf-8")
-    code = f"import({json.dumps(f.as_uri())}).then(m => console.log(typeof m.default.render))"
-    out = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "function"
+    assert render_type_in_node(str(HypercallView._esm), tmp_path) == "function"
 
 
 def test_static_html_carries_the_pane(run):

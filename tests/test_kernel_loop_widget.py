@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
 
 import pytest
 from _browser import page_opener, seek
+from _panes import assert_player_plus_pane, render_type_in_node
 
 from vbook.models.kvm_kernel import KvmConfig, VmExit, kvm_run
 from vbook.trace import Trace
 from vbook.widgets import static_html
 from vbook.widgets.kernel_loop import PANE_CSS, PANE_JS, KernelLoopView, show_kernel_loop
-from vbook.widgets.player import CSS, ESM
 
 EXITS = ([VmExit.cpuid(0x40000000, rip=0x101A)] * 3
          + [VmExit.io(0xE0, 4, data=bytes([3, 0, 0, 0]), rip=0x1026), VmExit.hlt(0x102D)])
@@ -38,24 +35,11 @@ def test_payload_is_the_trace_and_repr_is_stable(run):
 
 
 def test_esm_is_the_player_plus_the_pane(run):
-    esm = str(KernelLoopView._esm)
-    assert esm.count("export default") == 1 and "PANES.kernel = function kernelPane" in esm
-    assert esm.startswith(ESM.read_text(encoding="utf-8").rstrip()[: -len("export default { render };")])
-    src = PANE_JS.read_text(encoding="utf-8")
-    assert not re.search(r"^\s*import\s", src, re.M) and not re.search(r"https?://", src)
-    css = str(KernelLoopView._css)
-    assert CSS.read_text(encoding="utf-8") in css and PANE_CSS.read_text(encoding="utf-8") in css
+    assert_player_plus_pane(KernelLoopView, PANE_JS, PANE_CSS, "kernel")
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_esm_with_the_pane_loads_as_a_module(tmp_path):
-    f = tmp_path / "kl.mjs"
-    f.write_text(str(KernelLoopView._esm), encoding="utf-8")
-    code = f"import({json.dumps(f.as_uri())}).then(m => console.log(typeof m.default.render))"
-    out = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "function"
+    assert render_type_in_node(str(KernelLoopView._esm), tmp_path) == "function"
 
 
 def test_static_html_carries_the_pane(run):
