@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NBVAL  := --nbval-current-env --nbval-cell-timeout=120 --nbval-sanitize-with chapters/nbval_sanitize.cfg -p no:cacheprovider
 
-.PHONY: lab test bench chapters lint clean
+.PHONY: lab test bench chapters site lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ bench: $(STAMP)
 chapters: $(STAMP)
 	$(PY) tools/execute_chapters.py chapters/*.ipynb
 
+## make site: the book as static HTML in site/ (players inlined: no kernel, no network)
+site: $(STAMP)
+	$(PY) tools/build_site.py site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vbook tests tools
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

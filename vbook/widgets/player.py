@@ -272,6 +272,10 @@ def inline_widgets(nb: Any) -> Any:
                 "text/html": _snippet(state, model["_esm"], model.get("_css", "")),
                 "text/plain": out["data"].get("text/plain", ""),
             }
+    if not any(WIDGET_VIEW in out.get("data", {})
+               for cell in nb.get("cells", []) for out in cell.get("outputs", [])):
+        # every player is inlined: without stored state nbconvert adds no widget manager
+        nb.get("metadata", {}).pop("widgets", None)
     return nb
 
 
