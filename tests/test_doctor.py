@@ -168,10 +168,19 @@ def test_this_machine():
         assert isinstance(c.value, str) and c.value
         assert isinstance(c.consequence, str) and c.consequence
         assert c.ok in (True, False, None)
-    assert names[0] == "/dev/kvm"
+    dev = Paths().dev_kvm  # /dev/kvm, or $VBOOK_KVM_DEV
+    assert names[0] == dev
     assert {"unicorn", "root", "kvm modules", "backend auto"} <= set(names)
-    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if os.access(dev, os.R_OK | os.W_OK):
         by = by_name(checks)
         assert by["KVM_GET_API_VERSION"] == Check("KVM_GET_API_VERSION", True, "12",
                                                   "the stable API every VMM expects")
         assert "KVM_CAP_IMMEDIATE_EXIT" in by
+
+
+def test_vbook_kvm_dev_points_the_book_elsewhere(monkeypatch):
+    monkeypatch.setenv("VBOOK_KVM_DEV", "/nonexistent/kvm")
+    assert Paths().dev_kvm == "/nonexistent/kvm"
+    first = doctor()[0]
+    assert first.name == "/nonexistent/kvm" and first.ok is False
+    assert "unicorn" in first.consequence

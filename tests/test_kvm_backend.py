@@ -166,6 +166,7 @@ def test_permission_denied_is_reported(monkeypatch):
     def denied(path, flags, *a):
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
+    monkeypatch.delenv("VBOOK_KVM_DEV", raising=False)
     monkeypatch.setattr(kvm_mod.os, "open", denied)
     with pytest.raises(BackendUnavailable) as ei:
         KvmVcpu.check_available()
@@ -461,3 +462,13 @@ def test_many_vcpus_leak_nothing():
         with KvmVcpu.from_guest(HELLO) as vcpu:
             run_all(vcpu)
     assert open_fds() == fds and not kvm_mod._KICKERS
+
+
+def test_vbook_kvm_dev_names_the_device(monkeypatch, tmp_path):
+    missing = tmp_path / "no-kvm"
+    monkeypatch.setenv("VBOOK_KVM_DEV", str(missing))
+    assert kvm_mod.kvm_dev() == str(missing)
+    with pytest.raises(BackendUnavailable, match=f"{missing} does not exist"):
+        KvmVcpu.check_available()
+    monkeypatch.delenv("VBOOK_KVM_DEV")
+    assert kvm_mod.kvm_dev() == "/dev/kvm"

@@ -17,7 +17,7 @@ import errno
 import os
 import shutil
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: what ``--backend`` / chapters fall back to without real KVM
@@ -28,7 +28,7 @@ FALLBACK = "chapters run guests on unicorn"
 class Paths:
     """Where :func:`doctor` looks (the defaults are the real Linux locations)."""
 
-    dev_kvm: str = "/dev/kvm"
+    dev_kvm: str = field(default_factory=lambda: os.environ.get("VBOOK_KVM_DEV") or "/dev/kvm")
     cpuinfo: str = "/proc/cpuinfo"
     modules: str = "/proc/modules"
     sys_module: str = "/sys/module"

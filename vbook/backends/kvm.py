@@ -90,6 +90,12 @@ from vbook.models.kvm_api import (
 
 #: the device node; tests point it elsewhere to see the "missing" reason
 KVM_DEV = "/dev/kvm"
+
+
+def kvm_dev() -> str:
+    """The KVM device: ``$VBOOK_KVM_DEV`` if set (``VBOOK_KVM_DEV=/nonexistent`` shows the
+    book as a machine without KVM — mybinder.org — sees it), else /dev/kvm."""
+    return os.environ.get("VBOOK_KVM_DEV") or KVM_DEV
 #: three pages for the TSS Intel VMX uses to run real mode (kvmtool's address)
 TSS_ADDR = 0xFFFBD000
 #: interrupts KVM_RUN at the deadline; blocked everywhere but inside KVM_RUN
@@ -259,7 +265,7 @@ class KvmVcpu(VCpu):
         self._hypercall_pending = False
         self._kickers: dict[int, _Kicker] = {}
         try:
-            self._open(dev or KVM_DEV)
+            self._open(dev or kvm_dev())
         except BaseException:
             self.close()
             raise
@@ -267,7 +273,7 @@ class KvmVcpu(VCpu):
     @classmethod
     def check_available(cls, dev: str | None = None) -> None:
         """Raise :class:`~vbook.errors.BackendUnavailable` saying why /dev/kvm cannot be used."""
-        dev = dev or KVM_DEV
+        dev = dev or kvm_dev()
         try:
             fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
