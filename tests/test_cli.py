@@ -256,11 +256,30 @@ def _backend_or_skip(name):
 
 
 def test_end_to_end_unknown_guest():
-    all_guests = _guests_or_skip()
+    _guests_or_skip()
+    from vbook.guests import ALL, EXTRA, MISBEHAVING
+
     p = vbook("trace", "no-such-guest", "--backend", "unicorn")
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr == ("vbook: error: unknown guest 'no-such-guest'; valid guests: "
-                        + ", ".join(sorted(all_guests)) + "\n")
+                        + ", ".join(sorted({**ALL, **EXTRA, **MISBEHAVING})) + "\n")
+
+
+def test_end_to_end_runaway_guest_is_one_line_and_status_1():
+    _guests_or_skip()
+    _backend_or_skip("unicorn")
+    p = vbook("trace", "spin", "--backend", "unicorn")
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.startswith("vbook: error: guest 'spin' ran 1,000,000 instructions")
+    assert p.stderr.count("\n") == 1
+
+
+def test_guests_lists_the_extra_and_misbehaving_ones():
+    _guests_or_skip()
+    p = vbook("guests")
+    lines = {line.split()[0]: line for line in p.stdout.splitlines()}
+    assert "(misbehaving)" in lines["spin"] and "(extra)" in lines["map_gpa_range"]
+    assert "(" not in lines["hello"].split("-bit", 1)[1].split()[0]
 
 
 def test_end_to_end_trace_hello_json_on_unicorn():

@@ -38,10 +38,16 @@ def _one_line(msg: object) -> str:
 
 
 def _load_guests() -> dict[str, Any]:
-    """``vbook.guests.ALL`` (imported lazily)."""
-    from vbook.guests import ALL
+    """Every guest: ``vbook.guests.ALL``, then ``EXTRA`` and ``MISBEHAVING`` (imported lazily)."""
+    from vbook.guests import ALL, EXTRA, MISBEHAVING
 
-    return dict(ALL)
+    return {**ALL, **EXTRA, **MISBEHAVING}
+
+
+def _group(name: str) -> str:
+    from vbook.guests import EXTRA, MISBEHAVING
+
+    return "extra" if name in EXTRA else "misbehaving" if name in MISBEHAVING else ""
 
 
 def _run(guest: Any, backend: str, **kw: Any) -> Any:
@@ -91,7 +97,9 @@ def cmd_guests(args: argparse.Namespace) -> int:
     for name in sorted(guests):
         g = guests[name]
         desc = getattr(g, "description", "") or ""
-        print(f"{name:<{width}}  {getattr(g, 'mode', '?'):>2}-bit  {_one_line(desc)}")
+        group = _group(name)
+        tag = f"({group}) " if group else ""
+        print(f"{name:<{width}}  {getattr(g, 'mode', '?'):>2}-bit  {tag}{_one_line(desc)}")
     return 0
 
 
