@@ -6,10 +6,8 @@ system Chromium, and the unicorn backend for the run it shows.
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from _browser import ARGS, CHROMIUM, NEEDS_BROWSER, sync_playwright
+from _browser import NEEDS_BROWSER, page_opener
 
 from vbook.backends import available
 from vbook.guests import ALL
@@ -25,19 +23,9 @@ def page(tmp_path):
     if why:
         pytest.skip(f"unicorn backend: {why}")
     r = run_loop.run(ALL["debug_exit"], "unicorn")
-    path = tmp_path / "loop.html"
-    path.write_text(QemuLoopView(r).to_html(full_page=True), encoding="utf-8")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = b.new_page(viewport={"width": 1200, "height": 900})
-        problems: list[str] = []
-        pg.on("pageerror", lambda e: problems.append(f"error: {e}"))
-        pg.route(re.compile(r"^https?://"),
-                 lambda rt: (problems.append(f"fetch: {rt.request.url}"), rt.abort()))
-        pg.goto(path.as_uri())
-        pg.wait_for_selector(".vbook-player .vp-q-stack")
-        yield pg, r, problems
-        b.close()
+    with page_opener(tmp_path, ".vbook-player .vp-q-stack", name="loop.html",
+                     viewport=(1200, 900)) as (open_page, problems):
+        yield open_page(QemuLoopView(r).to_html(full_page=True)), r, problems
 
 
 def go(pg, i):
