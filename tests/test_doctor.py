@@ -145,7 +145,7 @@ def test_check_repr_and_dict_are_stable(bare):
     assert repr(c) == "Check(name='x', ok=None, value='v', consequence='c')"
     checks = doctor(bare)
     assert "object at 0x" not in repr(checks)
-    assert json.loads(json.dumps([c.to_dict() for c in checks]))[0]["name"] == bare.dev_kvm
+    assert json.loads(json.dumps([c.to_dict() for c in checks]))[1]["name"] == bare.dev_kvm
     assert [c.name for c in doctor(bare)] == [c.name for c in checks]
 
 
@@ -154,7 +154,8 @@ def test_format_checks_two_lines_each(bare):
     text = format_checks(checks)
     lines = text.splitlines()
     assert len(lines) == 2 * len(checks)
-    assert lines[0].startswith("[no] ") and bare.dev_kvm in lines[0]
+    assert lines[0].startswith("[--] KVM host") and "none" in lines[0]
+    assert lines[2].startswith("[no] ") and bare.dev_kvm in lines[2]
     assert lines[1].strip().startswith("-> no ")
     assert format_checks([Check("a", True, "1", "ok")]) == "[ok] a  1\n        -> ok"
 
@@ -169,7 +170,7 @@ def test_this_machine():
         assert isinstance(c.consequence, str) and c.consequence
         assert c.ok in (True, False, None)
     dev = Paths().dev_kvm  # /dev/kvm, or $VBOOK_KVM_DEV
-    assert names[0] == dev
+    assert names[0] == "KVM host" and names[1] == dev
     assert {"unicorn", "root", "kvm modules", "backend auto"} <= set(names)
     if os.access(dev, os.R_OK | os.W_OK):
         by = by_name(checks)
@@ -181,6 +182,36 @@ def test_this_machine():
 def test_vbook_kvm_dev_points_the_book_elsewhere(monkeypatch):
     monkeypatch.setenv("VBOOK_KVM_DEV", "/nonexistent/kvm")
     assert Paths().dev_kvm == "/nonexistent/kvm"
-    first = doctor()[0]
+    host, first = doctor()[:2]
+    assert host.value.startswith("none (/nonexistent/kvm")
     assert first.name == "/nonexistent/kvm" and first.ok is False
     assert "unicorn" in first.consequence
+
+
+def test_host_kind_from_the_facts():
+    """VMX/SVM from the CPU flags win; PVM from kvm_pvm; none without a usable /dev/kvm."""
+    from vbook.host import KINDS, MEANING, classify
+
+    assert classify(True, {"vmx", "fpu"}, True).kind == "VMX"
+    assert classify(True, {"svm"}, False).kind == "SVM"
+    assert classify(True, set(), True).kind == "PVM"
+    assert classify(True, set(), False).kind == "other"
+    none = classify(False, {"vmx"}, False, "/dev/kvm does not exist (no KVM module ...)")
+    assert none.kind == "none" and none.evidence == "/dev/kvm does not exist"
+    assert set(MEANING) == set(KINDS)
+    assert none.line().startswith("KVM host: none (/dev/kvm does not exist) — ")
+
+
+def test_doctor_names_the_host_kind_from_its_paths(tmp_path):
+    """The first check reads the same cpuinfo / modules the doctor was pointed at."""
+    from vbook.host import MEANING
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu pae\n")
+    modules = tmp_path / "modules"
+    modules.write_text("kvm_pvm 1 0 - Live 0x0\n")
+    paths = Paths(dev_kvm=str(tmp_path / "kvm"), cpuinfo=str(cpuinfo), modules=str(modules),
+                  sys_module=str(tmp_path / "sys"))
+    host = doctor(paths)[0]
+    assert host.name == "KVM host" and host.value.startswith("none (")  # no /dev/kvm there
+    assert host.consequence == MEANING["none"]

@@ -82,6 +82,26 @@ def test_default_qemu_cpuid_lacks_the_gating_features():
     for f in (PvFeature.PV_UNHALT, PvFeature.PV_SEND_IPI, PvFeature.PV_SCHED_YIELD):
         assert f not in QEMU_DEFAULT_PV_FEATURES
     assert PvFeature.CLOCKSOURCE2 in QEMU_DEFAULT_PV_FEATURES
+    assert PvFeature.ASYNC_PF_INT not in QEMU_DEFAULT_PV_FEATURES
+
+
+def test_default_pv_features_are_qemu_9_2_4_kvm_default_props():
+    """QEMU_DEFAULT_PV_FEATURES = the FEAT_KVM bits whose names kvm_default_props turns on."""
+    import re
+
+    from _sources import QEMU_9, git_show
+
+    props = git_show(QEMU_9, "HEAD", "target/i386/kvm/kvm-cpu.c")
+    table = props[props.index("static PropValue kvm_default_props[] = {"):]
+    on = set(re.findall(r'\{ "([a-z0-9-]+)", "on" \}', table[:table.index("};")]))
+    cpu = git_show(QEMU_9, "HEAD", "target/i386/cpu.c")
+    word = cpu[cpu.index("[FEAT_KVM] = {"):]
+    names = word[word.index(".feat_names = {") + 15:word.index("},")]
+    bits = [None if t.strip() == "NULL" else t.strip().strip('"')
+            for t in names.replace("\n", " ").split(",") if t.strip()]
+    assert len(bits) == 32
+    from_qemu = {PvFeature(b) for b, name in enumerate(bits) if name in on}
+    assert from_qemu == QEMU_DEFAULT_PV_FEATURES
 
 
 @pytest.mark.parametrize("nr,feature,handler", [

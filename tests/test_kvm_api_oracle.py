@@ -44,6 +44,7 @@ SIZES = {
     "kvm_userspace_memory_region": kvm_api.SIZEOF_KVM_USERSPACE_MEMORY_REGION,
     "kvm_translation": kvm_api.SIZEOF_KVM_TRANSLATION,
     "kvm_enable_cap": kvm_api.SIZEOF_KVM_ENABLE_CAP,
+    "kvm_pit_config": kvm_api.SIZEOF_KVM_PIT_CONFIG,
     "kvm_clock_pairing": hypercall.SIZEOF_KVM_CLOCK_PAIRING,
 }
 

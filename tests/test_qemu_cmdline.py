@@ -52,3 +52,57 @@ def test_sizes(text, size):
 def test_bad_command_lines_are_typed(cmd, msg):
     with pytest.raises(CmdlineError, match=msg):
         plan(cmd)
+
+
+def test_the_in_kernel_pit_comes_with_kernel_irqchip_on_only():
+    """pc_basic_device_init: kvm_pit_init when kvm_pit_in_kernel() (irqchip on, not split)."""
+    on = plan("qemu-system-x86_64 -enable-kvm").ioctls()
+    assert on.count("KVM_CREATE_PIT2") == 1
+    assert on.index("KVM_SET_USER_MEMORY_REGION") < on.index("KVM_CREATE_PIT2") < on.index("KVM_RUN")
+    for mode in ("split", "off"):
+        assert "KVM_CREATE_PIT2" not in plan(
+            f"qemu-system-x86_64 -accel kvm,kernel-irqchip={mode}").ioctls()
+    pit = [s for s in plan("qemu-system-x86_64 -enable-kvm").steps if s.call == "KVM_CREATE_PIT2"]
+    assert pit[0].number == Ioctl.CREATE_PIT2 and pit[0].fd == "vm" and "0x40-0x43" in pit[0].why
+
+
+def test_capability_probes_are_on_the_fd_qemu_uses():
+    """kvm_check_extension asks /dev/kvm, kvm_vm_check_extension the VM fd (kvm-all.c 9.2.4)."""
+    steps = [s for s in plan("qemu-system-x86_64 -enable-kvm").steps
+             if s.call == "KVM_CHECK_EXTENSION"]
+    assert [s.fd for s in steps] == ["/dev/kvm", "vm", "/dev/kvm"]
+    assert "kvm_vm_check_extension" in steps[1].why and "kvm_check_extension" in steps[2].why
+
+
+def test_split_irqchip_keeps_the_lapic_and_so_hlt_in_the_kernel():
+    split = [s for s in plan("qemu-system-x86_64 -accel kvm,kernel-irqchip=split").steps
+             if s.call == "KVM_ENABLE_CAP"]
+    assert "LAPICs in the kernel (so HLT still stays there)" in split[0].why
+
+
+def test_pit_and_check_extension_against_qemu_9_2_4():
+    """The QEMU side of the two tests above, read in the 9.2.4 tree."""
+    from _sources import QEMU_9, function_body, git_show
+
+    kvm_all = git_show(QEMU_9, "HEAD", "accel/kvm/kvm-all.c")
+    assert "kvm_ioctl(s, KVM_CHECK_EXTENSION, extension)" in function_body(
+        kvm_all, "int kvm_check_extension(KVMState *s, unsigned int extension)")
+    vm = function_body(kvm_all, "int kvm_vm_check_extension(KVMState *s, unsigned int extension)")
+    assert "kvm_vm_ioctl(s, KVM_CHECK_EXTENSION, extension)" in vm
+    assert "kvm_check_extension(s, extension)" in vm  # the fallback
+    init = function_body(kvm_all, "static int kvm_init(MachineState *ms)")
+    assert init.index("do_kvm_create_vm") < init.index("kvm_check_extension_list(s, kvm_required")
+    assert init.index("do_kvm_create_vm") < init.index(
+        "kvm_vm_check_extension(s, KVM_CAP_MULTI_ADDRESS_SPACE)")
+    i8254 = git_show(QEMU_9, "HEAD", "hw/i386/kvm/i8254.c")
+    assert "kvm_vm_ioctl(kvm_state, KVM_CREATE_PIT2, &config)" in function_body(
+        i8254, "static void kvm_pit_realizefn(DeviceState *dev, Error **errp)")
+    assert "(kvm_irqchip_in_kernel() && !kvm_irqchip_is_split())" in git_show(
+        QEMU_9, "HEAD", "target/i386/kvm/kvm_i386.h").split("#define kvm_pit_in_kernel()")[1]
+    pc = git_show(QEMU_9, "HEAD", "hw/i386/pc.c")
+    basic = pc[pc.index("void pc_basic_device_init("):]
+    assert "if (kvm_pit_in_kernel()) {\n            pit = kvm_pit_init(isa_bus, 0x40);" in basic
+    piix = function_body(git_show(QEMU_9, "HEAD", "hw/i386/pc_piix.c"),
+                         "static void pc_init1(MachineState *machine, const char *pci_type)")
+    assert piix.index("x86_cpus_init") < piix.index("pc_memory_init") \
+        < piix.index("pc_basic_device_init")

@@ -267,11 +267,29 @@ def _backend_check() -> Check:
     return Check("backend auto", None, pick, f"--backend auto runs guests on {pick} ({why})")
 
 
+def _host_check(paths: Paths, kvm: list[Check]) -> Check:
+    """The one line that says which kind of KVM host real-KVM figures come from."""
+    from vbook.host import MEANING, classify, cpu_flags, has_pvm
+
+    usable = bool(kvm) and kvm[0].ok is True and all(
+        c.ok is not False for c in kvm if c.name == "KVM_GET_API_VERSION")
+    why = "" if usable else f"{kvm[0].name} {kvm[0].value}"
+    host = classify(usable, cpu_flags(paths.cpuinfo), has_pvm(paths.modules, paths.sys_module),
+                    why)
+    return Check("KVM host", None, f"{host.kind} ({host.evidence})", MEANING[host.kind])
+
+
 def doctor(paths: Paths | None = None) -> list[Check]:
-    """Look at this machine; one :class:`Check` per thing, in a stable order."""
+    """Look at this machine; one :class:`Check` per thing, in a stable order.
+
+    The first says which kind of KVM host this is (VMX, SVM, PVM, other, none):
+    see :mod:`vbook.host`.
+    """
     paths = paths or Paths()
     checks: list[Check] = []
-    checks += _kvm_checks(paths)
+    kvm = _kvm_checks(paths)
+    checks.append(_host_check(paths, kvm))
+    checks += kvm
     checks += _cpu_checks(paths)
     checks += _module_checks(paths)
     checks.append(_device(paths.dev_tun, paths.dev_tun,

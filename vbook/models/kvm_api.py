@@ -59,6 +59,7 @@ SIZEOF_KVM_REGS = 144
 SIZEOF_KVM_SREGS = 312
 SIZEOF_KVM_TRANSLATION = 24
 SIZEOF_KVM_ENABLE_CAP = 104
+SIZEOF_KVM_PIT_CONFIG = 64  # struct kvm_pit_config: __u32 flags, __u32 pad[15]
 SIZEOF_KVM_RUN = 2352
 
 
@@ -87,33 +88,40 @@ class Ioctl(IntEnum):
     IOEVENTFD = _IOW(0x79, 64)  # struct kvm_ioeventfd
     GET_SUPPORTED_CPUID = _IOWR(0x05, 8)  # struct kvm_cpuid2 header (flexible array)
     SET_SIGNAL_MASK = _IOW(0x8B, 4)  # struct kvm_signal_mask header (flexible array)
+    CREATE_PIT2 = _IOW(0x77, SIZEOF_KVM_PIT_CONFIG)  # struct kvm_pit_config
 
 
-#: which fd each ioctl is issued on (Documentation/virt/kvm/api.rst "Type:"
-#: system, vm or vcpu), in the order a VMM first uses them
-IOCTL_FD: dict[str, str] = {
-    "GET_API_VERSION": "system",
-    "CHECK_EXTENSION": "system",
-    "GET_VCPU_MMAP_SIZE": "system",
-    "GET_SUPPORTED_CPUID": "system",
-    "CREATE_VM": "system",
-    "SET_USER_MEMORY_REGION": "vm",
-    "SET_TSS_ADDR": "vm",
-    "SET_IDENTITY_MAP_ADDR": "vm",
-    "CREATE_IRQCHIP": "vm",
-    "ENABLE_CAP": "vm",
-    "IRQFD": "vm",
-    "IOEVENTFD": "vm",
-    "CREATE_VCPU": "vm",
-    "SET_CPUID2": "vcpu",
-    "SET_SIGNAL_MASK": "vcpu",
-    "GET_REGS": "vcpu",
-    "SET_REGS": "vcpu",
-    "GET_SREGS": "vcpu",
-    "SET_SREGS": "vcpu",
-    "SET_MSRS": "vcpu",
-    "TRANSLATE": "vcpu",
-    "RUN": "vcpu",
+#: which fds each ioctl may be issued on: Documentation/virt/kvm/api.rst "Type:"
+#: (Linux 6.1) — "system" (the /dev/kvm fd), "vm" (KVM_CREATE_VM's fd) or "vcpu"
+#: (KVM_CREATE_VCPU's fd). Two take more than one: KVM_CHECK_EXTENSION is a system
+#: and a vm ioctl (kvm_dev_ioctl and kvm_vm_ioctl both have the case; the vm one
+#: answers for that VM), KVM_ENABLE_CAP a vcpu ioctl and, with
+#: KVM_CAP_ENABLE_CAP_VM, a vm ioctl. Grouped by fd, not in the order any VMM
+#: issues them (for that see KvmVcpu._open or vbook.models.qemu_cmdline.plan).
+IOCTL_FD: dict[str, tuple[str, ...]] = {
+    "GET_API_VERSION": ("system",),
+    "CHECK_EXTENSION": ("system", "vm"),
+    "GET_VCPU_MMAP_SIZE": ("system",),
+    "GET_SUPPORTED_CPUID": ("system",),
+    "CREATE_VM": ("system",),
+    "SET_USER_MEMORY_REGION": ("vm",),
+    "SET_TSS_ADDR": ("vm",),
+    "SET_IDENTITY_MAP_ADDR": ("vm",),
+    "CREATE_IRQCHIP": ("vm",),
+    "CREATE_PIT2": ("vm",),
+    "ENABLE_CAP": ("vcpu", "vm"),
+    "IRQFD": ("vm",),
+    "IOEVENTFD": ("vm",),
+    "CREATE_VCPU": ("vm",),
+    "SET_CPUID2": ("vcpu",),
+    "SET_SIGNAL_MASK": ("vcpu",),
+    "GET_REGS": ("vcpu",),
+    "SET_REGS": ("vcpu",),
+    "GET_SREGS": ("vcpu",),
+    "SET_SREGS": ("vcpu",),
+    "SET_MSRS": ("vcpu",),
+    "TRANSLATE": ("vcpu",),
+    "RUN": ("vcpu",),
 }
 
 
@@ -217,11 +225,17 @@ class Cap(IntEnum):
     NR_MEMSLOTS = 10
     COALESCED_MMIO = 15
     IRQFD = 32
+    PIT2 = 33
+    PIT_STATE2 = 35
     IOEVENTFD = 36
     SET_IDENTITY_MAP_ADDR = 37
     ENABLE_CAP = 54
     MAX_VCPUS = 66
     SYNC_REGS = 74
+    READONLY_MEM = 81
+    ENABLE_CAP_VM = 98
+    CHECK_EXTENSION_VM = 105
+    MULTI_ADDRESS_SPACE = 118
     SPLIT_IRQCHIP = 121
     IMMEDIATE_EXIT = 136
     NESTED_STATE = 157

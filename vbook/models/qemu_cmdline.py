@@ -2,13 +2,17 @@
 
 A model of QEMU 9.2.4's start-up with the KVM accelerator, function by
 function: ``kvm_init`` (accel/kvm/kvm-all.c) opens /dev/kvm, checks the API
-version, creates the VM and probes capabilities; ``kvm_arch_init``
+version, creates the VM and probes capabilities — most of them still on
+/dev/kvm (``kvm_check_extension``), a few on the VM fd
+(``kvm_vm_check_extension``, which falls back to /dev/kvm); ``kvm_arch_init``
 (target/i386/kvm/kvm.c) places the identity map and TSS; ``kvm_irqchip_create``
 makes the in-kernel interrupt controllers. Then (system/vl.c ``qemu_init``)
 the network back-ends are created (``-netdev tap``, ``vhost=on``), then the
 board: each vCPU thread (``kvm_vcpu_thread_fn``) creates its vCPU and maps
 ``kvm_run`` (``pc_init1`` creates the CPUs before ``pc_memory_init``), the
-memory listener turns RAM into memory slots, reset loads the registers, and
+memory listener turns RAM into memory slots, ``pc_basic_device_init`` puts
+the 8254 PIT in the kernel (``KVM_CREATE_PIT2``, with ``kernel-irqchip=on``
+only), reset loads the registers, and
 each vCPU loops in ``kvm_cpu_exec``. Only the options below are
 modelled; anything else is listed in ``Plan.ignored`` rather than guessed at.
 """
@@ -154,7 +158,11 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
         Step("do_kvm_create_vm", "/dev/kvm", "KVM_CREATE_VM", Ioctl.CREATE_VM,
              "returns the VM fd"),
         Step("kvm_init", "vm", "KVM_CHECK_EXTENSION", Ioctl.CHECK_EXTENSION,
-             "required capabilities, vCPU limits, coalesced MMIO, irqfd …"),
+             f"kvm_vm_check_extension, the VM's own answers: KVM_CAP_MULTI_ADDRESS_SPACE "
+             f"({Cap.MULTI_ADDRESS_SPACE}), KVM_CAP_READONLY_MEM ({Cap.READONLY_MEM}) …"),
+        Step("kvm_init", "/dev/kvm", "KVM_CHECK_EXTENSION", Ioctl.CHECK_EXTENSION,
+             "kvm_check_extension, still on /dev/kvm: required capabilities, coalesced "
+             "MMIO, vCPU events, nested state, irqfd …"),
         Step("kvm_arch_init", "vm", "KVM_SET_IDENTITY_MAP_ADDR", Ioctl.SET_IDENTITY_MAP_ADDR,
              f"{KVM_IDENTITY_BASE:#x}: page tables VMX needs for real mode without paging"),
         Step("kvm_arch_init", "vm", "KVM_SET_TSS_ADDR", Ioctl.SET_TSS_ADDR,
@@ -166,7 +174,7 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
     elif irqchip == "split":
         s.append(Step("kvm_arch_irqchip_create", "vm", "KVM_ENABLE_CAP", Ioctl.ENABLE_CAP,
                       f"KVM_CAP_SPLIT_IRQCHIP ({Cap.SPLIT_IRQCHIP}), 24 IOAPIC pins: LAPICs in "
-                      "the kernel, PIC/IOAPIC in QEMU"))
+                      "the kernel (so HLT still stays there), PIC/IOAPIC/PIT in QEMU"))
     for net in netdevs:
         if net.get("_") != "tap":
             continue
@@ -193,6 +201,11 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
                   Ioctl.SET_USER_MEMORY_REGION,
                   f"one per RAM section: {ram >> 20} MiB of QEMU's anonymous memory, split "
                   "around the legacy VGA/ROM and PCI holes"))
+    if irqchip == "on":  # pc_init1: CPUs, then pc_memory_init, then pc_basic_device_init
+        s.append(Step("kvm_pit_realizefn", "vm", "KVM_CREATE_PIT2", Ioctl.CREATE_PIT2,
+                      "pc_basic_device_init → kvm_pit_init(isa_bus, 0x40) when "
+                      "kvm_pit_in_kernel() (irqchip on, not split): the 8254 timer in the "
+                      "kernel, ports 0x40-0x43 on KVM_PIO_BUS"))
     for i in range(vcpus):
         s += [
             Step("kvm_arch_put_registers", f"vcpu{i}", "KVM_SET_REGS / KVM_SET_SREGS",
