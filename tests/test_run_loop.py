@@ -355,6 +355,32 @@ def test_qemu_9_kvm_cpu_exec_cases_are_the_models():
     assert '"KVM internal error. Suberror: %d\\n"' in err and "return -1;" in err
 
 
+def test_qemu_9_kicks_a_vcpu_with_sig_ipi_whose_handler_sets_immediate_exit():
+    """qemu_cpu_kick → cpus_kick_thread → pthread_kill(SIG_IPI) → kvm_ipi_signal → kvm_cpu_kick."""
+    cpus = git_show(QEMU_9, "HEAD", "system/cpus.c")
+    kick = function_body(cpus, "void qemu_cpu_kick(CPUState *cpu)")
+    assert "cpus_accel->kick_vcpu_thread(cpu);" in kick and "cpus_kick_thread(cpu);" in kick
+    assert "kick_vcpu_thread" not in git_show(QEMU_9, "HEAD", "accel/kvm/kvm-accel-ops.c")
+    assert "pthread_kill(cpu->thread->thread, SIG_IPI);" in function_body(
+        cpus, "void cpus_kick_thread(CPUState *cpu)")
+    kvm_all = git_show(QEMU_9, "HEAD", "accel/kvm/kvm-all.c")
+    assert "kvm_cpu_kick(current_cpu);" in function_body(kvm_all, "static void kvm_ipi_signal(int sig)")
+    signals = function_body(kvm_all, "void kvm_init_cpu_signals(CPUState *cpu)")
+    # with immediate_exit SIG_IPI is simply unblocked in the thread; KVM_SET_SIGNAL_MASK only without
+    assert "sigact.sa_handler = kvm_ipi_signal;" in signals
+    assert ("sigdelset(&set, SIG_IPI);\n    if (kvm_immediate_exit) {\n"
+            "        r = pthread_sigmask(SIG_SETMASK, &set, NULL);\n    } else {\n"
+            "        r = kvm_set_signal_mask(cpu, &set);") in signals
+    # QEMU 2.0: the same signal, made to interrupt only KVM_RUN by KVM_SET_SIGNAL_MASK
+    cpus2 = git_show(QEMU_2, QEMU_2_REV, "cpus.c")
+    assert "pthread_kill(cpu->thread->thread, SIG_IPI);" in function_body(
+        cpus2, "static void qemu_cpu_kick_thread(CPUState *cpu)")
+    assert "r = kvm_set_signal_mask(cpu, &set);" in function_body(
+        cpus2, "static void qemu_kvm_init_cpu_signals(CPUState *cpu)")
+    main_loop = git_show(QEMU_2, QEMU_2_REV, "main-loop.c")  # blocked in every thread it spawns
+    assert "SIG_IPI must be blocked in the main thread" in main_loop
+
+
 def test_qemu_9_x86_cases_are_all_accounted_for():
     src = git_show(QEMU_9, "HEAD", "target/i386/kvm/kvm.c")
     body = function_body(src, "int kvm_arch_handle_exit(CPUState *cs, struct kvm_run *run)")

@@ -376,8 +376,10 @@ def main_loop_should_exit(cpu: CPUState) -> None:
     """system/runstate.c, in the main thread: act on a shutdown, reset or stop request.
 
     Every path stops the vCPUs (``pause_all_vcpus`` → ``cpu_pause``:
-    ``cpu->stop = true``, then ``qemu_cpu_kick`` → ``kvm_cpu_kick``, which sets
-    ``run->immediate_exit`` so a vCPU thread's next ``KVM_RUN`` returns at once).
+    ``cpu->stop = true``, then ``qemu_cpu_kick`` → ``cpus_kick_thread``, which
+    sends the vCPU thread ``SIG_IPI`` with ``pthread_kill``; that thread's
+    handler ``kvm_ipi_signal`` → ``kvm_cpu_kick`` sets ``run->immediate_exit``,
+    so a ``KVM_RUN`` the signal interrupted, or the next one, returns at once).
     """
     rs = cpu.machine.runstate
     cpu.main_loop_acted = True
@@ -395,6 +397,7 @@ def main_loop_should_exit(cpu: CPUState) -> None:
     cpu.stop = True
     cpu.immediate_exit = 1
     _main(cpu, f"main_loop_should_exit: {why} → cpu_pause: cpu->stop = true; qemu_cpu_kick → "
+               "cpus_kick_thread: pthread_kill(SIG_IPI); in the vCPU thread kvm_ipi_signal → "
                "kvm_cpu_kick: run->immediate_exit = 1", "main_loop_should_exit", RUNSTATE_FILE,
           immediate_exit=1)
 
@@ -812,11 +815,18 @@ QEMU_2_0_DIFFERENCES: tuple[Difference, ...] = (
         ("kvm-all.c", "            DPRINTF(\"kvm_arch_handle_exit\\n\");")),
     Difference(
         "kicking a vCPU",
-        "kvm_cpu_kick sets run->immediate_exit = 1: KVM_RUN returns -EINTR without entering "
-        "the guest (Linux 3.15's kvm_run has no immediate_exit, only padding1[7])",
-        "qemu_cpu_kick_thread sends the thread a signal, SIG_IPI, which interrupts KVM_RUN",
-        ("accel/kvm/kvm-all.c", "    qatomic_set(&cpu->kvm_run->immediate_exit, 1);"),
-        ("cpus.c", "    err = pthread_kill(cpu->thread->thread, SIG_IPI);")),
+        "qemu_cpu_kick → cpus_kick_thread sends SIG_IPI (pthread_kill); the vCPU thread keeps "
+        "SIG_IPI unblocked, and its handler kvm_ipi_signal → kvm_cpu_kick sets "
+        "run->immediate_exit = 1, so a kick between two KVM_RUNs makes the next one return "
+        "-EINTR without entering the guest (Linux 3.15's kvm_run has no immediate_exit, only "
+        "padding1[7])",
+        "qemu_cpu_kick_thread sends SIG_IPI too, but the thread kept it blocked and "
+        "KVM_SET_SIGNAL_MASK (kvm_set_signal_mask) unblocked it only inside KVM_RUN: a kick "
+        "between two KVM_RUNs stayed pending and stopped the next one",
+        ("accel/kvm/kvm-all.c", "static void kvm_ipi_signal(int sig)\n{\n    if (current_cpu) {"
+         "\n        assert(kvm_immediate_exit);\n        kvm_cpu_kick(current_cpu);"),
+        ("cpus.c", "    sigdelset(&set, SIG_IPI);\n    sigdelset(&set, SIGBUS);\n"
+         "    r = kvm_set_signal_mask(cpu, &set);")),
     Difference(
         "isa-debug-exit",
         "the write requests a shutdown with status (val << 1) | 1; the main loop stops the "
