@@ -64,3 +64,18 @@ def test_string_io_out_is_split_per_access():
     assert bus.console == "abc"
     reply = runner.handle(Exit(ExitReason.IO, io=IoExit(IoDirection.IN, 1, 0x61, 2)), bus)
     assert reply == b"\xff\xff"  # floating bus: all ones
+
+
+@pytest.mark.parametrize("pio_rip, exit_rip", [("vmx", 0x100B), ("pvm", 0x100C)])
+def test_trace_rips_follow_where_the_backend_leaves_rip_at_an_out(pio_rip, exit_rip):
+    # hello's OUT is at 0x100b: Linux 6.1/VMX leaves RIP on it (the next KVM_RUN
+    # skips it), a PVM host past it; the loop records what get_regs() says
+    pytest.importorskip("unicorn", reason="the unicorn package is not installed")
+    from vbook.guests import ALL
+
+    r = runner.run_guest(ALL["hello"], "unicorn", pio_rip=pio_rip)
+    assert r.console == "Hello, KVM!\n" and r.end == "hlt"
+    runs = [(e["rip"], e["exit_rip"]) for e in r.trace if (e.actor, e.kind) == ("guest", "run")]
+    assert runs[0] == (0x1000, exit_rip)
+    assert runs[1:-1] == [(exit_rip, exit_rip)] * 11
+    assert runs[-1] == (exit_rip, 0x100F)  # past the HLT

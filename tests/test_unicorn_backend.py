@@ -1,8 +1,10 @@
 """The unicorn backend exits like KVM: exact exit sequences, completion, RIP, errors.
 
-Expected RIPs are the ones measured on /dev/kvm for the same guests (KVM's
-instruction emulator: RIP on an IN or an MMIO load when it exits, past an
-OUT, an MMIO store or a HLT). Tests that also run a guest on /dev/kvm skip
+Expected RIPs follow Linux 6.1 on VMX (the default, ``pio_rip="vmx"``): RIP on
+an IN, an OUT or an MMIO load when it exits, past an MMIO store, a HLT, an
+OUTS or an OUT to port 0x7e. With ``pio_rip="pvm"`` they are the ones measured
+on the PVM host's /dev/kvm for the same guests (KVM's instruction emulator:
+the same, but past every OUT). Tests that also run a guest on /dev/kvm skip
 without it.
 """
 
@@ -108,6 +110,35 @@ _start: mov   si, 0x1000
         hlt
 """)
 
+OUTSB = _guest("outsb", "be0010baf8036ef4", """\
+        .intel_syntax noprefix
+        .code16
+_start: mov   si, 0x1000
+        mov   dx, 0x3f8
+        outsb                           # string I/O, one element: RIP past it at the exit
+        hlt
+""")
+
+OUT_TWICE = _guest("out_twice", "b041e6e0b042e6e0f4", """\
+        .intel_syntax noprefix
+        .code16
+_start: mov   al, 'A'
+        out   0xe0, al                  # 0x1002: KVM_EXIT_IO, RIP on it (VMX)
+        mov   al, 'B'
+        out   0xe0, al                  # 0x1006
+        hlt                             # 0x1008
+""")
+
+PORT_7E = _guest("port_7e", "b001e67eba7e00eef4", """\
+        .intel_syntax noprefix
+        .code16
+_start: mov   al, 1
+        out   0x7e, al                  # 0x1002: KVM_X86_QUIRK_OUT_7E_INC_RIP, RIP past it
+        mov   dx, 0x7e
+        out   dx, al                    # 0x1007: the same through DX
+        hlt                             # 0x1008
+""")
+
 INSB = _guest("insb", "bf0020ba60006cf4", """\
         .intel_syntax noprefix
         .code16
@@ -202,8 +233,8 @@ LM_VMCALL = _long_mode_then(
     _LM_HEAD + "c810" + _LM_MID + "b8ad0b00000f01c166bae000ef48c1e820ef" + _LM_TAIL
     + "0f1f4400000000000000000000ffff0000009aaf000f00b8100000")
 
-TEST_GUESTS = [INT3_REAL, UD2_EMPTY_IVT, INT32_GP, F4_LOOP, REP_OUTSB, INSB, PAGED_MMIO, LM_UD2,
-               LM_PF, LM_VMCALL]
+TEST_GUESTS = [INT3_REAL, UD2_EMPTY_IVT, INT32_GP, F4_LOOP, REP_OUTSB, OUTSB, OUT_TWICE, PORT_7E,
+               INSB, PAGED_MMIO, LM_UD2, LM_PF, LM_VMCALL]
 
 
 @pytest.mark.parametrize("g", TEST_GUESTS, ids=lambda g: g.name)
@@ -306,7 +337,7 @@ def test_in_completes_into_al_ax_eax_on_the_next_run():
         assert v.get_regs().rax == 0x11223344  # complete() only stores the answer
         assert v.run() == out(0x3F8, b"o")
         regs = v.get_regs()
-        assert (regs.rip, regs.rax) == (0x100F, 0x1122336F)  # only AL replaced
+        assert (regs.rip, regs.rax) == (0x100E, 0x1122336F)  # only AL replaced; on the OUT
         for answer in (b"k", b"\n"):
             v.run()
             v.complete(answer)
@@ -322,15 +353,132 @@ def test_in_completes_into_al_ax_eax_on_the_next_run():
         assert v.run() == HLT
 
 
-def test_exit_rips_match_kvm():
-    # measured on /dev/kvm with the same guest
-    with UnicornVcpu.from_guest(ALL["in_out"]) as v:
-        rips = [rip for _, rip in drive(v, [b"o", b"k", b"\n", b"\xef\xbe", b"\x0d\xf0\xfe\xca"])]
+IN_OUT_ANSWERS = [b"o", b"k", b"\n", b"\xef\xbe", b"\x0d\xf0\xfe\xca"]
+MMIO_ANSWERS = [bytes.fromhex("78563412"), b"A", b"B"]
+
+
+def test_exit_rips_match_the_pvm_host_in_pvm_mode():
+    # measured on the PVM host's /dev/kvm with the same guests (every OUT: RIP past it)
+    with UnicornVcpu.from_guest(ALL["in_out"], pio_rip="pvm") as v:
+        rips = [rip for _, rip in drive(v, IN_OUT_ANSWERS)]
     assert rips == [0x1009, 0x100F, 0x1009, 0x100F, 0x1009, 0x100F, 0x1014, 0x1016, 0x1016,
                     0x101A, 0x101B]
-    with UnicornVcpu.from_guest(ALL["mmio"]) as v:
-        rips = [rip for _, rip in drive(v, [bytes.fromhex("78563412"), b"A", b"B"])]
+    with UnicornVcpu.from_guest(ALL["mmio"], pio_rip="pvm") as v:
+        rips = [rip for _, rip in drive(v, MMIO_ANSWERS)]
     assert rips == [0x100F, 0x100F, 0x101D, 0x1023, 0x1023, 0x1028, 0x1028, 0x1033, 0x1034]
+
+
+def test_exit_rips_follow_vmx_by_default():
+    # the same, but every OUT exit has RIP on the OUT (kvm_fast_pio_out): in_out's
+    # `out dx, al` at 0x100e, `out dx, ax` at 0x1015, `out dx, eax` (66 ef) at 0x1018
+    with UnicornVcpu.from_guest(ALL["in_out"]) as v:
+        rips = [rip for _, rip in drive(v, IN_OUT_ANSWERS)]
+    assert rips == [0x1009, 0x100E, 0x1009, 0x100E, 0x1009, 0x100E, 0x1014, 0x1015, 0x1016,
+                    0x1018, 0x101B]
+    with UnicornVcpu.from_guest(ALL["mmio"]) as v:  # `out dx, eax` at 0x101b, `out dx, al` 0x1032
+        rips = [rip for _, rip in drive(v, MMIO_ANSWERS)]
+    assert rips == [0x100F, 0x100F, 0x101B, 0x1023, 0x1023, 0x1028, 0x1028, 0x1032, 0x1034]
+
+
+# --- completion: OUT (where RIP is at the exit: pio_rip) ---------------------------------------
+
+def test_out_exit_leaves_rip_on_the_out_and_the_next_run_skips_it():
+    with UnicornVcpu.from_guest(OUT_TWICE) as v:
+        assert v.pio_rip == "vmx"  # the default: Linux 6.1 on VMX
+        assert v.run() == out(0xE0, b"A")
+        assert v.get_regs().rip == 0x1002  # on the OUT (kvm_fast_pio_out)
+        assert v.kernel_exits[-1].reason == "IO_INSTRUCTION" and v.kernel_exits[-1].rip == 0x1002
+        assert v.run() == out(0xE0, b"B")  # complete_fast_pio_out skipped the first OUT
+        assert v.get_regs().rip == 0x1006
+        assert v.run() == HLT
+        assert v.get_regs().rip == 0x1009
+        assert [(k.reason, k.rip) for k in v.kernel_exits] == [
+            ("IO_INSTRUCTION", 0x1002), ("IO_INSTRUCTION", 0x1006), ("HLT", 0x1008)]
+
+
+def test_out_is_skipped_when_user_space_writes_the_same_rip_back():
+    with UnicornVcpu.from_guest(OUT_TWICE) as v:
+        v.run()
+        regs = v.get_regs()
+        regs.rbx = 0x1234
+        v.set_regs(regs)  # RIP unchanged: still the OUT's
+        assert v.get_regs() == regs
+        assert v.run() == out(0xE0, b"B")
+        assert v.get_regs().rbx == 0x1234
+
+
+@pytest.mark.parametrize("rip, then", [
+    (0x1000, [out(0xE0, b"A"), out(0xE0, b"B"), HLT]),  # back to the start: the OUT runs again
+    (0x1004, [out(0xE0, b"B"), HLT]),  # a VMM that skipped the OUT itself: not skipped twice
+    (0x1006, [out(0xE0, b"A"), HLT]),  # past `mov al, 'B'`: runs from there, nothing skipped
+], ids=["start", "past-the-out", "further"])
+def test_out_is_not_skipped_when_user_space_moves_rip(rip, then):
+    with UnicornVcpu.from_guest(OUT_TWICE) as v:
+        v.run()
+        regs = v.get_regs()
+        regs.rip = rip
+        v.set_regs(regs)
+        assert [e for e, _ in drive(v)] == then
+
+
+def test_the_engine_sees_rip_on_the_out_and_may_move_it():
+    from unicorn.x86_const import UC_X86_REG_RIP
+
+    with UnicornVcpu.from_guest(OUT_TWICE) as v:
+        v.run()
+        assert v.engine.reg_read(UC_X86_REG_RIP) == 0x1002
+        assert v.run() == out(0xE0, b"B")  # still skipped
+        v.engine.reg_write(UC_X86_REG_RIP, 0x1000)
+        assert v.get_regs().rip == 0x1000
+        assert v.run() == out(0xE0, b"A")  # moved: not skipped
+
+
+@pytest.mark.parametrize("pio_rip", ["vmx", "pvm"])
+def test_out_to_port_0x7e_has_rip_past_it(pio_rip):
+    # KVM_X86_QUIRK_OUT_7E_INC_RIP: kvm_fast_pio_out skips the OUT before the exit
+    with UnicornVcpu.from_guest(PORT_7E, pio_rip=pio_rip) as v:
+        assert drive(v) == [(out(0x7E, b"\x01"), 0x1004), (out(0x7E, b"\x01"), 0x1008),
+                            (HLT, 0x1009)]
+        assert [k.rip for k in v.kernel_exits] == [0x1002, 0x1007, 0x1008]
+    with UnicornVcpu.from_guest(PORT_7E, pio_rip=pio_rip) as v:
+        v.run()
+        regs = v.get_regs()
+        regs.rip = 0x1002  # complete_fast_pio_out_port_0x7e skips nothing: the OUT runs again
+        v.set_regs(regs)
+        assert [e for e, _ in drive(v)] == [out(0x7E, b"\x01")] * 2 + [HLT]
+
+
+@pytest.mark.parametrize("pio_rip", ["vmx", "pvm"])
+def test_outs_has_rip_past_it(pio_rip):
+    # string I/O goes through x86_emulate_instruction, whose writeback moves RIP
+    with UnicornVcpu.from_guest(OUTSB, pio_rip=pio_rip) as v:
+        assert drive(v) == [(out(0x3F8, b"\xbe"), 0x1007), (HLT, 0x1008)]
+
+
+def test_pvm_mode_has_rip_past_every_out():
+    with UnicornVcpu.from_guest(OUT_TWICE, pio_rip="pvm") as v:
+        assert v.pio_rip == "pvm"
+        assert drive(v) == [(out(0xE0, b"A"), 0x1004), (out(0xE0, b"B"), 0x1008), (HLT, 0x1009)]
+        assert [k.rip for k in v.kernel_exits] == [0x1002, 0x1006, 0x1008]  # the same VM exits
+    with UnicornVcpu.from_guest(OUT_TWICE, pio_rip="pvm") as v:
+        v.run()
+        regs = v.get_regs()
+        regs.rip = 0x1002  # nothing pending: the OUT runs again
+        v.set_regs(regs)
+        assert v.run() == out(0xE0, b"A")
+    with open_vcpu(ALL["hello"], "unicorn", pio_rip="pvm") as v:  # chapter 01's third OUT
+        for _ in range(3):
+            v.run()
+        assert v.get_regs().rip == 0x100C
+
+
+def test_both_modes_give_the_same_exits_and_vm_exits():
+    for g in (ALL["hello"], ALL["in_out"], ALL["mmio"], ALL["long_mode"], OUT_TWICE, PORT_7E,
+              REP_OUTSB):
+        logs = {m: [] for m in ("vmx", "pvm")}
+        runs = {m: run_guest(g, "unicorn", pio_rip=m, kernel_exits=logs[m]) for m in logs}
+        assert runs["vmx"].exits == runs["pvm"].exits, g.name
+        assert logs["vmx"] == logs["pvm"], g.name
 
 
 def test_in_is_dropped_when_user_space_moves_rip():
@@ -406,11 +554,12 @@ def test_mmio_leaves_no_page_mapped():
 
 # --- hypercalls ----------------------------------------------------------------------------
 
-def test_hypercall_results_in_rax():
-    with UnicornVcpu.from_guest(ALL["hypercall"]) as v:
+@pytest.mark.parametrize("pio_rip, rip", [("vmx", 0x1024), ("pvm", 0x1026)])
+def test_hypercall_results_in_rax(pio_rip, rip):
+    with UnicornVcpu.from_guest(ALL["hypercall"], pio_rip=pio_rip) as v:
         assert v.run() == out(0xE0, bytes.fromhex("18fcffff"))
         regs = v.get_regs()
-        assert regs.rax == 2**32 - 1000 and regs.rip == 0x1026  # past VMCALL and OUT
+        assert regs.rax == 2**32 - 1000 and regs.rip == rip  # past VMCALL, on/past the OUT
         assert v.stats.exits == {"IO": 1} and v.hypercalls == 1  # no exit to user space
 
 
@@ -529,8 +678,10 @@ def test_hlt_leaves_rip_past_it():
 
 # --- string I/O ----------------------------------------------------------------------------
 
-def test_rep_outsb_is_one_exit_per_byte():
-    with UnicornVcpu.from_guest(REP_OUTSB) as v:
+@pytest.mark.parametrize("pio_rip", ["vmx", "pvm"])
+def test_rep_outsb_is_one_exit_per_byte(pio_rip):
+    # RIP stays on the REP OUTS after every element (x86_emulate_insn skips the RIP writeback)
+    with UnicornVcpu.from_guest(REP_OUTSB, pio_rip=pio_rip) as v:
         seen = drive(v)
     assert seen == [(out(0x3F8, b"\xbe"), 0x1009), (out(0x3F8, b"\x00"), 0x1009), (HLT, 0x100C)]
 
@@ -582,6 +733,9 @@ def test_options():
     assert UnicornVcpu.from_guest(ALL["hello"], timeout=2.0).budget == 1_000_000  # KVM's option
     with pytest.raises(VbookError, match=r"unknown option\(s\) budgett"):
         UnicornVcpu.from_guest(ALL["hello"], budgett=5)
+    for bad in ("VMX", "svm", None, 1):
+        with pytest.raises(VbookError, match=r"pio_rip must be one of 'vmx', 'pvm'"):
+            UnicornVcpu.from_guest(ALL["hello"], pio_rip=bad)
     for bad in (0, -1, 1.5, True):
         with pytest.raises(VbookError, match="budget must be a positive number"):
             UnicornVcpu.from_guest(ALL["hello"], budget=bad)
@@ -602,8 +756,8 @@ def test_check_available(monkeypatch):
 
 # --- the test-only guests on real KVM too ----------------------------------------------------
 
-@pytest.mark.parametrize("g", [PAGED_MMIO, REP_OUTSB, LM_UD2, LM_PF, MISBEHAVING["unmapped_fetch"]],
-                         ids=lambda g: g.name)
+@pytest.mark.parametrize("g", [PAGED_MMIO, REP_OUTSB, OUTSB, OUT_TWICE, PORT_7E, LM_UD2, LM_PF,
+                               MISBEHAVING["unmapped_fetch"]], ids=lambda g: g.name)
 def test_same_exits_on_kvm(g):
     kvm_or_skip()
     uni = run_guest(g, "unicorn")

@@ -11,32 +11,69 @@ hook (``emu_stop``), which ends emulation right after that instruction —
 because every run has an instruction count: unicorn then checks for a stop
 request after each instruction. (Measured: without a count the rest of the
 translation block still runs, e.g. the OUT after an IN.)
-OUT: ``Exit(IO, IoExit(OUT, size, port, 1, data))``, RIP past the OUT. IN:
-the exit reaches the caller *before* the value exists, as on KVM: RAX and RIP
-are put back as they were (RIP on the IN), the caller answers with
-:meth:`~UnicornVcpu.complete`, and the next :meth:`~UnicornVcpu.run` writes
-the bytes into AL/AX/EAX (a 4-byte IN clears RAX[63:32], like KVM's
-``complete_fast_pio_in``) and moves RIP past the IN. If user space moved RIP
-meanwhile, the IN is dropped, as KVM does. ``OUTS`` (and ``REP OUTS``) gives
-one exit per element with count 1, as KVM's instruction emulator did on the
-PVM host vbook was measured on (VMX hardware may batch a ``REP OUTS`` into one
-exit with count > 1). ``INS`` raises :class:`~vbook.errors.GuestFault` ("not
-supported"): unicorn stores the element before the VMM could answer.
+OUT: ``Exit(IO, IoExit(OUT, size, port, 1, data))`` with RIP still *on* the
+OUT, as Linux 6.1 on VMX leaves it (``handle_io`` → ``kvm_fast_pio`` →
+``kvm_fast_pio_out`` saves ``vcpu->arch.pio.linear_rip`` and sets
+``complete_userspace_io = complete_fast_pio_out``); the next
+:meth:`~UnicornVcpu.run` skips the OUT first — only if RIP is still where it
+was (``kvm_is_linear_rip``): if user space moved RIP, nothing is skipped and
+the guest runs from the new RIP. Exception: an OUT to port 0x7e leaves RIP
+past it at the exit (``KVM_X86_QUIRK_OUT_7E_INC_RIP``, on by default:
+``complete_fast_pio_out_port_0x7e``). IN: the exit reaches the caller *before*
+the value exists, as on KVM: RAX and RIP are put back as they were (RIP on
+the IN), the caller answers with :meth:`~UnicornVcpu.complete`, and the next
+:meth:`~UnicornVcpu.run` writes the bytes into AL/AX/EAX (a 4-byte IN clears
+RAX[63:32], like KVM's ``complete_fast_pio_in``) and moves RIP past the IN.
+If user space moved RIP meanwhile, the IN is dropped, as KVM does. ``OUTS``
+(and ``REP OUTS``) goes through KVM's instruction emulator
+(``x86_emulate_instruction``, whose writeback moves RIP before the exit), so
+RIP is past a plain ``OUTS`` at the exit; a ``REP OUTS`` keeps RIP on it after
+every element, the last one too (``x86_emulate_insn`` skips the RIP
+writeback while the repetition is not known to be over; the next run finds
+RCX = 0 and moves past it) — unicorn does the same. One exit per element
+with count 1, as KVM's instruction emulator did on the PVM host vbook was
+measured on (VMX hardware may batch a ``REP OUTS`` into one exit with
+count > 1). ``INS`` raises
+:class:`~vbook.errors.GuestFault` ("not supported"): unicorn stores the
+element before the VMM could answer.
+
+**Where RIP is at an OUT exit: ``pio_rip``** — ``pio_rip="vmx"`` (the
+default) is the behaviour above, Linux 6.1 on VMX (SVM's ``io_interception``
+takes the same ``kvm_fast_pio`` path). ``pio_rip="pvm"`` copies a PVM host
+(``kvm_pvm``, KVM without VMX/SVM, the machine vbook was measured on): it
+emulates *every* ring-0 guest instruction in KVM's instruction emulator, an
+OUT included, and ``x86_emulate_instruction``'s writeback moves RIP past the
+OUT before the exit to user space (an OUT leaves ``pio.count`` set but not
+``pio.in``, so ``writeback`` stays true); nothing is left to complete. So
+with ``"pvm"`` every OUT exit has RIP past the OUT (a ``REP OUTS`` still
+keeps it on the instruction, as above). Use it to compare
+registers with that host's ``/dev/kvm`` (``vbook.host.detect().kind ==
+"PVM"``). Everything else — IN, MMIO, the exits, ``kernel_exits`` (always
+the VMX exits) — is the same in both modes: an emulated IN keeps RIP on it
+(``writeback = false``, ``complete_emulated_pio``), as VMX does. How
+``"vmx"`` is done: unicorn stops past the OUT and keeps that RIP;
+:meth:`~UnicornVcpu.get_regs` reports the OUT's RIP, and the next run starts
+past the OUT unless user space wrote the registers (``set_regs``, or took
+:attr:`~UnicornVcpu.engine`), in which case RIP is compared as
+``complete_fast_pio_out`` does — so an OUT loop pays no register access for it.
 
 **MMIO** — RAM is one unicorn mapping of ``mem_size`` bytes at 0; every other
 guest-physical address is left unmapped. ``UC_HOOK_MEM_{READ,WRITE}_UNMAPPED``
 fire before such an access with the guest-physical address and size (and the
 value, for a store); the hook stops emulation with RIP still on the
 instruction. A load becomes ``Exit(MMIO, MmioExit(gpa, len, False))`` at once
-(RIP on the instruction, as on KVM). To finish an instruction, a temporary
-page is mapped over each address it touched, holding the bytes
+(RIP on the instruction, as on KVM: ``x86_emulate_instruction`` clears
+``writeback`` for an MMIO read and finishes the instruction in
+``complete_emulated_mmio``). To finish an instruction, a temporary page is
+mapped over each address it touched, holding the bytes
 :meth:`~UnicornVcpu.complete` supplied, exactly one instruction is executed
 (``emu_start(count=1)``) while a write hook records stores into those pages,
 and the pages are unmapped again. Every recorded store is one
 ``Exit(MMIO, MmioExit(gpa, len, True, data))`` reported *after* the
-instruction completed (RIP past it), as KVM's emulator does; so a
-read-modify-write gives a read exit and then a write exit, and an 8-byte
-access is one exit of length 8.
+instruction completed (RIP past it), as KVM's emulator does (for a store
+``writeback`` stays true: RIP moves before the exit); so a read-modify-write
+gives a read exit and then a write exit, and an 8-byte access is one exit of
+length 8.
 
 **HLT** — unicorn cannot hook HLT; ``emu_start`` returns with RIP just past
 it. A ``UC_HOOK_BLOCK`` hook remembers the last translation block; it was a
@@ -159,6 +196,13 @@ from vbook.models.vmx import (
 
 PAGE = 0x1000
 DEFAULT_BUDGET = 1_000_000
+
+#: where RIP is at an OUT exit (see "Where RIP is at an OUT exit" in the module doc):
+#: "vmx" — on the OUT, skipped by the next run (Linux 6.1 on VMX, the default);
+#: "pvm" — past the OUT (a PVM host, which emulates the OUT before the exit)
+PIO_RIP_MODES = ("vmx", "pvm")
+#: KVM_X86_QUIRK_OUT_7E_INC_RIP (on by default): an OUT to this port has RIP past it at the exit
+OUT_7E_PORT = 0x7E
 
 VMCALL = b"\x0f\x01\xc1"  # Intel
 VMMCALL = b"\x0f\x01\xd9"  # AMD
@@ -365,13 +409,17 @@ class UnicornVcpu(VCpu):
     ``KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)`` (bit 12: ``KVM_HC_MAP_GPA_RANGE``);
     ``kernel_exits``, if given, is the list the VM exits are appended to (so a
     caller that only gets the run's result, e.g. ``run_guest(...,
-    kernel_exits=log)``, still sees them).
+    kernel_exits=log)``, still sees them); ``pio_rip`` is where RIP is at an
+    OUT exit, one of :data:`PIO_RIP_MODES`: ``"vmx"`` (default, Linux 6.1 on
+    VMX: on the OUT until the next run) or ``"pvm"`` (past it, as the PVM host
+    vbook was measured on) — see the module doc.
     """
 
     backend = "unicorn"
 
     def __init__(self, guest: Guest, budget: int = DEFAULT_BUDGET,
-                 hypercall_exit_enabled: int = 0, kernel_exits: list | None = None):
+                 hypercall_exit_enabled: int = 0, kernel_exits: list | None = None,
+                 pio_rip: str = "vmx"):
         if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
             raise VbookError(f"budget must be a positive number of instructions, got {budget!r}")
         if not isinstance(hypercall_exit_enabled, int) or hypercall_exit_enabled < 0:
@@ -379,6 +427,9 @@ class UnicornVcpu(VCpu):
                              f"got {hypercall_exit_enabled!r}")
         if kernel_exits is not None and not isinstance(kernel_exits, list):
             raise VbookError(f"kernel_exits must be a list to append to, got {kernel_exits!r}")
+        if pio_rip not in PIO_RIP_MODES:
+            raise VbookError(f"pio_rip must be one of {', '.join(map(repr, PIO_RIP_MODES))} "
+                             f"(where RIP is at an OUT exit), got {pio_rip!r}")
         _check_guest(guest)
         uc_mod = _unicorn()
         from unicorn import x86_const as x
@@ -386,6 +437,7 @@ class UnicornVcpu(VCpu):
         self.guest = guest
         self.budget = budget
         self.hypercall_exit_enabled = hypercall_exit_enabled
+        self._pio_rip = pio_rip  # read-only (pio_rip): the OUT cache depends on it
         self.mem_size = guest.mem_size
         self._x = x
         self._UcError = uc_mod.UcError
@@ -398,6 +450,12 @@ class UnicornVcpu(VCpu):
         self._answer: bytes | None = None  # what complete() gave for it
         self._insn: list[_Access] | None = None  # MMIO accesses of an unfinished instruction
         self._queued: list[Exit] = []  # more exits of an instruction that already finished
+        # an OUT exit left RIP on the OUT (pio_rip "vmx"): (RIP of the OUT, RIP past it),
+        # skipped by the next run() if RIP is still there (complete_fast_pio_out).
+        # _out_lazy: unicorn itself still holds the RIP past the OUT (get_regs shows
+        # the OUT's); the first register write or engine access puts it on the OUT.
+        self._out_done: tuple[int, int] | None = None
+        self._out_lazy = False
         self._string_io: dict[int, bool] = {}  # RIP of an IN -> is it an INS?
         self._string_out: dict[int, bool] = {}  # RIP of an OUT -> is it an OUTS?
         self.hypercalls = 0  # handled "in the kernel" (KVM: vcpu->stat.hypercalls)
@@ -406,7 +464,7 @@ class UnicornVcpu(VCpu):
         #: nobody — read and slice it
         self.kernel_exits: list[KernelExit] = kernel_exits if kernel_exits is not None else []
         self._vmexit_cache: dict[tuple, KernelExit] = {}
-        self._out_cache: dict[tuple, tuple[str, Exit, KernelExit]] = {}  # see _hook_out
+        self._out_cache: dict[tuple, list] = {}  # see _hook_out, _out_miss
         self._mmio_gfns: set[int] = set()  # pages KVM holds an MMIO SPTE for (EPT_MISCONFIG)
         self._mmio_record = -1  # index in kernel_exits of the unfinished MMIO instruction
         self._dead = ""
@@ -457,18 +515,21 @@ class UnicornVcpu(VCpu):
     @classmethod
     def from_guest(cls, guest: Guest, budget: int = DEFAULT_BUDGET,
                    hypercall_exit_enabled: int = 0, kernel_exits: list | None = None,
-                   **kw: Any) -> UnicornVcpu:
+                   pio_rip: str = "vmx", **kw: Any) -> UnicornVcpu:
         """A vCPU with ``guest`` loaded, in real mode at ``guest.load_addr``.
 
-        ``timeout`` and ``dev`` (options of the KVM backend) are accepted and
-        ignored, so ``open_vcpu(guest, "auto", timeout=...)`` works on both.
+        Options as for :class:`UnicornVcpu` (``pio_rip="pvm"`` to have RIP past
+        an OUT at its exit, as on a PVM host). ``timeout`` and ``dev`` (options
+        of the KVM backend) are accepted and ignored, so
+        ``open_vcpu(guest, "auto", timeout=...)`` works on both.
         """
         unknown = set(kw) - {"timeout", "dev"}
         if unknown:
             raise VbookError(f"unicorn backend: unknown option(s) {', '.join(sorted(unknown))}; "
-                             "it takes budget=, hypercall_exit_enabled= and kernel_exits=")
+                             "it takes budget=, hypercall_exit_enabled=, kernel_exits= and "
+                             "pio_rip=")
         return cls(guest, budget=budget, hypercall_exit_enabled=hypercall_exit_enabled,
-                   kernel_exits=kernel_exits)
+                   kernel_exits=kernel_exits, pio_rip=pio_rip)
 
     def run(self) -> Exit:
         """Run the guest until its next exit to user space (KVM_RUN) and return the exit."""
@@ -490,6 +551,11 @@ class UnicornVcpu(VCpu):
             exit = self._finish_insn()
             if exit is not None:
                 return self._count(exit)
+        done = self._out_done
+        if done is not None:  # complete_fast_pio_out: skip the OUT if RIP is still on it
+            start = done[1] if self._out_lazy else self._skip_out(*done)
+            self._out_done, self._out_lazy = None, False
+            return self._count(self._run_guest(start))
         return self._count(self._run_guest())
 
     def complete(self, data: bytes) -> None:
@@ -512,12 +578,16 @@ class UnicornVcpu(VCpu):
     def get_regs(self) -> Regs:
         """RAX..R15, RIP and RFLAGS (``struct kvm_regs``)."""
         self._check_open()
-        return Regs(*self._uc.reg_read_batch(self._reg_ids()))
+        regs = Regs(*self._uc.reg_read_batch(self._reg_ids()))
+        if self._out_lazy and self._out_done is not None:
+            regs.rip = self._out_done[0]  # on the OUT (pio_rip "vmx"), see _out_done
+        return regs
 
     def set_regs(self, regs: Regs) -> None:
         self._check_open()
         values = [getattr(regs, f) & _MASK64 for f in Regs.FIELDS]
         self._uc.reg_write_batch(list(zip(self._reg_ids(), values, strict=True)))
+        self._out_lazy = False  # unicorn holds the RIP user space gave
 
     def read_memory(self, gpa: int, n: int) -> bytes:
         """``n`` bytes of guest RAM at ``gpa`` (the memory slot; MMIO has no bytes to read)."""
@@ -537,8 +607,14 @@ class UnicornVcpu(VCpu):
         """Drop the emulator (and with it the guest's RAM). Safe to call twice."""
         self._uc = None  # the Uc (and its RAM) goes with the last reference
         self._rd = self._wr = self._repair = _closed  # these hold the Uc too
-        self._pending = self._answer = self._insn = None
+        self._pending = self._answer = self._insn = self._out_done = None
+        self._out_lazy = False
         self._queued = []
+
+    @property
+    def pio_rip(self) -> str:
+        """Where RIP is at an OUT exit: "vmx" (on the OUT, the default) or "pvm" (past it)."""
+        return self._pio_rip
 
     @property
     def closed(self) -> bool:
@@ -553,6 +629,7 @@ class UnicornVcpu(VCpu):
     def engine(self) -> Any:
         """The ``unicorn.Uc`` underneath, for readers who want to look (not needed to run)."""
         self._check_open()
+        self._show_out_rip()
         return self._uc
 
     def cpu_mode(self) -> int:
@@ -567,11 +644,13 @@ class UnicornVcpu(VCpu):
 
     # --- running --------------------------------------------------------------------------
 
-    def _run_guest(self) -> Exit:
+    def _run_guest(self, start: int | None = None) -> Exit:
+        """Run from ``start`` (default: RIP) until a hook or the end of the budget stops it."""
         uc = self._uc
         self._event = None
         try:
-            uc.emu_start(self._rd(self._RIP), _UNTIL, 0, self.budget)
+            uc.emu_start(self._rd(self._RIP) if start is None else start, _UNTIL, 0,
+                         self.budget)
         except self._UcError as e:
             self._repair()
             return self._after_error(e)
@@ -580,8 +659,13 @@ class UnicornVcpu(VCpu):
         if ev is None:
             return self._hlt_or_budget()
         kind = ev[0]
-        if kind == "out":  # the hot path: the hook found ("out", Exit, KernelExit) in its cache
+        if kind == "out":  # the hot path: the hook found ("out", Exit, KernelExit, on) cached
             self.kernel_exits.append(ev[2])
+            if ev[3] is not None:  # VMX: RIP stays on the OUT until the next run skips it
+                done = ev[4]
+                if done is None:  # the first time: RIP past the OUT is where unicorn stopped
+                    done = ev[4] = (ev[3], self._rd(self._RIP))
+                self._out_done, self._out_lazy = done, True  # get_regs shows done[0]
             return ev[1]
         if kind == "in":
             _, port, size, in_rip, rax = ev
@@ -685,6 +769,26 @@ class UnicornVcpu(VCpu):
             ret = int.from_bytes(answer, "little") if answer is not None else 0
             uc.reg_write(x.UC_X86_REG_RAX, complete_hypercall_exit(ret, pending[2]))
             uc.reg_write(x.UC_X86_REG_RIP, uc.reg_read(x.UC_X86_REG_RIP) + HYPERCALL_LEN)
+
+    def _show_out_rip(self) -> None:
+        """Put unicorn's own RIP on the OUT the last exit stopped at (see ``_out_done``)."""
+        if self._out_lazy:
+            self._out_lazy = False
+            if self._out_done is not None:
+                self._wr(self._RIP, self._out_done[0])
+
+    def _skip_out(self, out_rip: int, next_rip: int) -> int:
+        """Where the guest goes on after an OUT exit left RIP on it (``complete_fast_pio_out``).
+
+        KVM skips the OUT (``kvm_skip_emulated_instruction``) only if the
+        linear RIP is still the one it saved (``kvm_is_linear_rip``); if user
+        space moved RIP, the guest runs from there and the OUT is not skipped.
+        User space cannot change CS on this backend, so comparing RIP is
+        comparing the linear RIP (but for a RIP with bits 63:32 set outside
+        64-bit mode, which a VMX CPU would refuse to enter anyway).
+        """
+        rip = self._rd(self._RIP)
+        return next_rip if rip == out_rip else rip
 
     def _mmio_read_exit(self, gpa: int, size: int) -> Exit:
         self._pending, self._answer = ("MMIO read", size), None
@@ -812,7 +916,9 @@ class UnicornVcpu(VCpu):
 
     def _hook_out(self, uc: Any, port: int, size: int, value: int, _: Any) -> None:
         # OUTS too: one exit per element (count 1), the iteration already done.
-        # The hot path of an OUT loop: the event is a cached ("out", Exit, KernelExit).
+        # The hot path of an OUT loop: the event is a cached ["out", Exit, KernelExit,
+        # RIP of the OUT if the exit leaves RIP on it else None, (that RIP, RIP past
+        # the OUT) once known].
         # A run stops after its first OUT, and a translation block runs straight
         # from its start, so (block, port, size, value) names the OUT instruction:
         # its RIP (still on the OUT here) is read only when the key is new.
@@ -962,14 +1068,23 @@ class UnicornVcpu(VCpu):
     # --- VM exit records (kernel_exits) --------------------------------------------------
 
     def _out_miss(self, key: tuple, port: int, size: int, value: int,
-                  rip: int) -> tuple[str, Exit, KernelExit]:
-        """The ("out", Exit, KernelExit) event of a new OUT, now cached under ``key``."""
+                  rip: int) -> list:
+        """The ["out", Exit, KernelExit, RIP or None, None] event of a new OUT, now cached
+        under ``key``.
+
+        Item 3 is the OUT's RIP if the exit leaves RIP on it (``pio_rip`` "vmx",
+        a plain OUT not to port 0x7e: ``kvm_fast_pio_out``), None if RIP is past
+        it (OUTS, port 0x7e, ``pio_rip`` "pvm"); item 4 becomes (RIP of the OUT,
+        RIP past it) after the first such exit (see ``_run_guest``).
+        """
         data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
         exit = Exit(_R_IO, io=IoExit(_OUT, size, port, 1, data))
         record = self._io_record(rip, port, size, False, data, (rip, port, size, value))
+        on_out = (self._pio_rip == "vmx" and port != OUT_7E_PORT
+                  and not self._is_string_out(rip))
         if len(self._out_cache) >= 4096:
             self._out_cache.clear()
-        hit = self._out_cache[key] = ("out", exit, record)
+        hit = self._out_cache[key] = ["out", exit, record, rip if on_out else None, None]
         return hit
 
     def _io_record(self, rip: int, port: int, size: int, in_: bool, data: bytes,
