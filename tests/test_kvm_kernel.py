@@ -110,6 +110,53 @@ def test_devices_of_the_irqchip():
     assert KvmConfig(ioeventfds=(0xE0,)).pio_device(0xE0, 1, False, None) is None  # no reads
 
 
+def test_qemu_config_has_the_in_kernel_pit():
+    assert QEMU.pit and not KvmConfig(irqchip=True).pit
+    assert QEMU.describe() == "in-kernel irqchip, in-kernel PIT"
+    assert QEMU.to_dict()["pit"] is True
+    for port in (0x40, 0x41, 0x42, 0x43):
+        assert QEMU.pio_device(port, 1, True, 0x34) == "i8254 PIT"
+        assert QEMU.pio_device(port, 1, False, None) == "i8254 PIT"
+    assert QEMU.pio_device(0x44, 1, True, 0) is None
+    assert QEMU.pio_device(0x43, 2, True, 0) is None  # runs past the PIT's four ports
+    assert QEMU.pio_device(0x61, 1, False, None) is None  # no KVM_PIT_SPEAKER_DUMMY from QEMU
+    assert KvmConfig(irqchip=True).pio_device(0x40, 1, True, 0) is None
+    assert KvmConfig(pit=True).pio_device(0x42, 1, True, 0) == "i8254 PIT"
+
+
+def test_pit_ports_stay_in_the_kernel_under_qemu():
+    out = one(VmExit.io(0x43, 1, data=b"\x34"), QEMU)  # mode/command register
+    assert (out.ret, out.where, out.user_exits) == (1, "kernel", ())
+    assert out.calls[-2:] == ("pit_ioport_write", "kvm_skip_emulated_instruction")
+    inp = one(VmExit.io(0x40, 1, in_=True), QEMU)  # counter 0
+    assert inp.ret == 1 and "pit_ioport_read" in inp.calls
+    bare = one(VmExit.io(0x40, 1, in_=True), KvmConfig(irqchip=True))
+    assert bare.ret == 0 and str(bare.user_exits[0]) == "IO in port=0x40 size=1 count=1"
+
+
+def test_cr8_write_that_lowers_the_tpr_goes_to_user_space_without_an_irqchip():
+    lower = VmExit.mov_to_cr(8, 0x2, cr8=0x5, rip=0x1010)
+    s = one(lower)
+    assert (s.handler, s.ret, s.where) == ("handle_cr", 0, "user")
+    assert [u.to_dict() for u in s.user_exits] == [{"reason": "SET_TPR",
+                                                    "detail": "TPR 0x5 -> 0x2"}]
+    assert s.calls == ("kvm_set_cr8", "kvm_complete_insn_gp", "kvm_skip_emulated_instruction")
+    assert one(lower, QEMU).ret == 1  # the local APIC is in the kernel
+    assert one(VmExit.mov_to_cr(8, 0x5, cr8=0x5)).ret == 1  # not lowered
+    assert one(VmExit.mov_to_cr(8, 0x9, cr8=0x5)).ret == 1  # raised
+    assert one(VmExit.mov_to_cr(0, 0x11)).ret == 1 and one(VmExit.mov_to_cr(4, 0)).ret == 1
+    assert one(VmExit(R.CR_ACCESS, 0, 8 | 1 << 4)).calls == ("kvm_skip_emulated_instruction",)
+    r = kvm_run([VmExit(R.CR_ACCESS, 0, 2)])  # MOV to CR2 never exits: handle_cr has no case
+    assert (r.end, str(r.user_exits[0])) == ("unknown", "UNKNOWN (unhandled control register: "
+                                                        "op 0 cr 2)")
+    with pytest.raises(KernelModelError, match="CLTS"):
+        kvm_run([VmExit(R.CR_ACCESS, 0, 2 << 4)])
+    # the exits the model shows as stay-in-the-kernel are the ones vmx.USER_SPACE says are
+    for reason, (where, _) in vmx.USER_SPACE.items():
+        if where in (vmx.KERNEL, vmx.DEBUG_OR_ERROR):
+            assert one(VmExit(reason)).ret == 1, reason
+
+
 # --- CPUID ------------------------------------------------------------------------------------
 
 def test_cpuid_table_answers():
@@ -667,3 +714,52 @@ def test_msr_passthrough_is_what_vmx_vcpu_create_sets():
     for name, value in {**numbers, "MSR_EFER": vmx.MSR_EFER}.items():
         m = re.search(rf"#define {name}\s+(0x[0-9a-fA-F]+)", index)
         assert m and int(m.group(1), 16) == value, name
+
+
+def test_qemu_9_2_creates_the_pit_in_the_kernel():
+    """KvmConfig.qemu()'s PIT: where QEMU 9.2.4 calls KVM_CREATE_PIT2, and what Linux 6.1 does."""
+    from _sources import LINUX_6_1 as L61
+    from _sources import LINUX_6_1_REV as L61_REV
+    from _sources import QEMU_9, function_body, git_show
+
+    i8254 = git_show(QEMU_9, "HEAD", "hw/i386/kvm/i8254.c")
+    realize = function_body(i8254, "static void kvm_pit_realizefn(DeviceState *dev, Error **errp)")
+    assert "ret = kvm_vm_ioctl(kvm_state, KVM_CREATE_PIT2, &config);" in realize
+    assert re.search(r"struct kvm_pit_config config = \{\s*\.flags = 0,\s*\};", realize)
+    pc = git_show(QEMU_9, "HEAD", "hw/i386/pc.c")
+    assert re.search(r"if \(kvm_pit_in_kernel\(\)\) \{\s*pit = kvm_pit_init\(isa_bus, 0x40\);", pc)
+    assert "(x86ms->pit == ON_OFF_AUTO_AUTO || x86ms->pit == ON_OFF_AUTO_ON)" in pc
+    kvm_h = git_show(QEMU_9, "HEAD", "target/i386/kvm/kvm_i386.h")
+    assert re.search(r"#define kvm_pit_in_kernel\(\) \\\s*\(kvm_irqchip_in_kernel\(\) && "
+                     r"!kvm_irqchip_is_split\(\)\)", kvm_h)
+    header = git_show(L61, L61_REV, "arch/x86/kvm/i8254.h")
+    (base, length, _, fn), = kk.PIT_PORTS
+    assert re.search(rf"#define KVM_PIT_BASE_ADDRESS\s+{base:#x}\b", header)
+    assert re.search(rf"#define KVM_PIT_MEM_LENGTH\s+{length}\b", header)
+    create = function_body(git_show(L61, L61_REV, "arch/x86/kvm/i8254.c"),
+                           "struct kvm_pit *kvm_create_pit(struct kvm *kvm, u32 flags)")
+    assert re.search(r"kvm_io_bus_register_dev\(kvm, KVM_PIO_BUS, KVM_PIT_BASE_ADDRESS,\s*"
+                     r"KVM_PIT_MEM_LENGTH, &pit->dev\);", create)
+    assert "if (flags & KVM_PIT_SPEAKER_DUMMY) {" in create  # 0x61 only with that flag
+    ops = git_show(L61, L61_REV, "arch/x86/kvm/i8254.c")
+    assert f".read     = {fn}_read," in ops and f".write    = {fn}_write," in ops
+
+
+def test_6_1_source_in_kernel_devices_and_the_run_loop():
+    """The PIC and IOAPIC ranges the model puts in the kernel, and vcpu_run's r <= 0 rule."""
+    from _sources import LINUX_6_1 as L61
+    from _sources import LINUX_6_1_REV as L61_REV
+    from _sources import function_body, git_show
+
+    pic = git_show(L61, L61_REV, "arch/x86/kvm/i8259.c")
+    got = re.findall(r"kvm_io_bus_register_dev\(kvm, KVM_PIO_BUS, (0x[0-9a-f]+), (\d+),", pic)
+    assert [(int(a, 16), int(n)) for a, n in got] == [(b, n) for b, n, _, _ in kk.PIC_PORTS]
+    for _, _, _, fn in kk.PIC_PORTS:
+        assert f"static int {fn}_read(" in pic and f"static int {fn}_write(" in pic
+    ioapic_h = git_show(L61, L61_REV, "arch/x86/kvm/ioapic.h")
+    assert re.search(rf"#define IOAPIC_DEFAULT_BASE_ADDRESS\s+{kk.IOAPIC_BASE:#x}\b", ioapic_h)
+    assert re.search(rf"#define IOAPIC_MEM_LENGTH\s+{kk.IOAPIC_LEN:#x}\b", ioapic_h)
+    x86 = git_show(L61, L61_REV, "arch/x86/kvm/x86.c")
+    loop = function_body(x86, "static int vcpu_run(struct kvm_vcpu *vcpu)")
+    assert "r = vcpu_enter_guest(vcpu);" in loop and "r = vcpu_block(vcpu);" in loop
+    assert re.search(r"if \(r <= 0\)\s*break;", loop)

@@ -84,9 +84,10 @@ def test_handler_table_of_6_1():
                         "RDTSCP", "XSAVES", "XRSTORS", "UMWAIT", "TPAUSE"}
     assert vmx.KVM_VMX_MAX_EXIT_HANDLERS == 76
     assert set(vmx.USER_SPACE) == set(t)
-    assert all(where in (vmx.KERNEL, vmx.USER, vmx.DEPENDS) for where, _ in vmx.USER_SPACE.values())
+    assert all(where in (vmx.KERNEL, vmx.USER, vmx.DEPENDS, vmx.DEBUG_OR_ERROR)
+               for where, _ in vmx.USER_SPACE.values())
     assert vmx.USER_SPACE[R.TRIPLE_FAULT][0] == vmx.USER
-    assert vmx.USER_SPACE[R.CPUID][0] == vmx.KERNEL
+    assert vmx.USER_SPACE[R.CPUID][0] == vmx.DEBUG_OR_ERROR  # KVM_EXIT_DEBUG when single-stepped
     assert vmx.USER_SPACE[R.HLT][0] == vmx.USER_SPACE[R.IO_INSTRUCTION][0] == vmx.DEPENDS
     assert set(vmx.RETPOLINE_DIRECT) <= set(t) and set(vmx.FASTPATH) <= set(t)
 
@@ -244,3 +245,191 @@ def test_differences_with_3_15_are_in_the_sources():
     assert "if (string || in)" in io3 and "skip_emulated_instruction(vcpu);" in io3
     assert "return kvm_fast_pio_out(vcpu, size, port);" in io3
     assert "complete_fast_pio_out" in x86_6 and "complete_fast_pio_in" in x86_6
+
+
+# --- every return path of every handler, against the 6.1 source -------------------------------
+
+_FILES = sorted(set(vmx.SOURCE_FILES.values()))
+
+
+@pytest.fixture(scope="module")
+def linux_6_1() -> dict[str, str]:
+    return {path: git_show(LINUX_6_1, LINUX_6_1_REV, path) for path in _FILES}
+
+
+def body_of(src: dict[str, str], fn: str) -> str:
+    """The definition of ``fn`` in its file (vmx.SOURCE_FILES), up to its closing brace."""
+    assert fn in vmx.SOURCE_FILES, f"{fn} has no file in vmx.SOURCE_FILES"
+    text = src[vmx.SOURCE_FILES[fn]]
+    m = re.search(rf"^[a-z_].*\b{re.escape(fn)}\([^;{{]*\)\n{{", text, re.M)
+    assert m, f"no definition of {fn} in {vmx.SOURCE_FILES[fn]}"
+    return text[m.start():text.index("\n}\n", m.start()) + 2]
+
+
+def vmx_ops(src: dict[str, str]) -> dict[str, str]:
+    """``static_call(kvm_x86_<op>)`` → the VMX function: the ``vmx_x86_ops`` initialisers."""
+    text = src["arch/x86/kvm/vmx/vmx.c"]
+    ops = text[text.index("static struct kvm_x86_ops vmx_x86_ops __initdata = {"):]
+    return dict(re.findall(r"\.(\w+) = (\w+),", ops[:ops.index("};")]))
+
+
+def calls(src: dict[str, str], caller: str, callee: str) -> bool:
+    body = body_of(src, caller)
+    if re.search(rf"\b{re.escape(callee)}\(", body.split("\n", 1)[1]):
+        return True
+    return any(vmx_ops(src).get(op) == callee
+               for op in re.findall(r"static_call\(kvm_x86_(\w+)\)", body))
+
+
+def sets_exit(body: str, exit: str) -> bool:
+    value = {"KVM_EXIT_UNKNOWN": 0}.get(exit)  # "exit_reason = 0": KVM_EXIT_UNKNOWN is 0
+    return exit in body or (value is not None and f"exit_reason = {value};" in body)
+
+
+ALL_RETURNS = [(fn, k) for fn, rs in vmx.RETURNS.items() for k in range(len(rs))]
+
+
+def test_every_handler_and_callee_has_return_paths():
+    assert set(KVM_VMX_EXIT_HANDLERS.values()) <= set(vmx.RETURNS)
+    for fn, rs in vmx.RETURNS.items():
+        assert rs, fn
+        for r in rs:
+            if isinstance(r, vmx.Passes):
+                assert r.callee in vmx.RETURNS, (fn, r.callee)
+                exits = {p.exit for p in vmx.exit_paths(r.callee)}
+                assert set(r.cannot) <= exits, (fn, r)  # a restriction that restricts
+            else:
+                assert all(f in vmx.SOURCE_FILES for f in r.chain + (r.setter,) if f), (fn, r)
+                assert all(h in vmx.RETURNS for h in r.only), r
+        assert vmx.exit_paths(fn)  # and the walk ends (no cycle)
+    from vbook.models.kvm_api import ExitReason
+    for fn in vmx.RETURNS:
+        for p in vmx.exit_paths(fn):
+            assert (p.ret == 0) == bool(p.exit), p
+            if p.exit:
+                assert p.exit.removeprefix("KVM_EXIT_") in ExitReason.__members__, p
+
+
+@pytest.mark.parametrize("fn, k", ALL_RETURNS, ids=[f"{fn}-{k}" for fn, k in ALL_RETURNS])
+def test_6_1_source_return_path(linux_6_1, fn, k):
+    """The claimed return is in the function's body, and its exit where it says."""
+    r = vmx.RETURNS[fn][k]
+    body = body_of(linux_6_1, fn)
+    assert r.source in body, f"{fn}: {r.source!r} is not in its body"
+    if isinstance(r, vmx.Passes):
+        assert calls(linux_6_1, fn, r.callee), f"{fn} does not call {r.callee}"
+        return
+    chain = (fn, *r.chain)
+    for caller, callee in zip(chain, chain[1:], strict=False):
+        assert calls(linux_6_1, caller, callee), f"{caller} does not call {callee}"
+    if r.setter:
+        setter = body_of(linux_6_1, r.setter)
+        assert sets_exit(setter, r.exit), f"{r.setter} does not set {r.exit}"
+        # reached through emulate_ops / the caller: named outside its own definition too
+        assert linux_6_1[vmx.SOURCE_FILES[r.setter]].count(f"{r.setter}") >= 2, r.setter
+    elif r.exit:
+        assert any(sets_exit(body_of(linux_6_1, f), r.exit) for f in chain), (
+            f"no function of {chain} sets {r.exit}")
+    if r.ret == 0 and not r.setter and not r.chain:
+        assert "return 0;" in body, f"{fn}: no 'return 0;'"
+    if r.ret < 0:
+        assert re.search(r"return (-E[A-Z]+|r);", body), f"{fn}: no negative return"
+
+
+HANDLERS = sorted(set(KVM_VMX_EXIT_HANDLERS.values()))
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_6_1_source_handler_body_is_covered(linux_6_1, handler):
+    """Nothing in a handler's own body ends it in a way the data leaves out."""
+    body = body_of(linux_6_1, handler)
+    own = [r for r in vmx.RETURNS[handler] if isinstance(r, vmx.Return)]
+    passes = {r.callee for r in vmx.RETURNS[handler] if isinstance(r, vmx.Passes)}
+    # every KVM_EXIT_* the body sets is claimed (KVM_EXIT_UNKNOWN is written as 0)
+    set_here = set(re.findall(r"exit_reason\s*= (KVM_EXIT_\w+);", body))
+    if "exit_reason = 0;" in body:
+        set_here.add("KVM_EXIT_UNKNOWN")
+    assert set_here == {r.exit for r in own if r.exit and not r.chain and not r.setter}
+    # every callee whose result it returns is followed
+    ops = vmx_ops(linux_6_1)
+    returned = {ops[op] for op in re.findall(r"return static_call\(kvm_x86_(\w+)\)", body)}
+    returned |= set(re.findall(r"return (\w+)\(", body)) - {"static_call"}
+    returned |= set(re.findall(r"= (\w+)\(vcpu\);\n[^\n]*\n?\s*return \w+ && ret;", body))
+    assert returned <= passes | {r.chain[0] for r in own if r.chain}, returned
+    # a 0 or an errno of its own is claimed
+    assert ("return 0;" in body) == any(r.ret == 0 and not r.setter for r in own)
+    assert bool(re.search(r"return (-E[A-Z]+|r);", body)) == any(r.ret < 0 for r in own)
+
+
+@pytest.mark.parametrize("handler", [h for h in HANDLERS if all(
+    p.ret == 1 for p in vmx.exit_paths(h))])
+def test_6_1_source_kernel_only_handlers_return_only_1(linux_6_1, handler):
+    body = body_of(linux_6_1, handler)
+    assert "KVM_EXIT_" not in body
+    assert set(re.findall(r"return ([^;]*);", body)) == {"1"}, handler
+
+
+def test_6_1_source_nested_replaces_the_vmx_instruction_entries():
+    """handle_vmx_instruction (#UD) is the table's entry; nested=1 swaps in nested.c's handlers."""
+    vmx_c = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/vmx.c")
+    nested = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/nested.c")
+    assert "static bool __read_mostly nested = 1;" in vmx_c
+    assert "r = nested_vmx_hardware_setup(kvm_vmx_exit_handlers);" in vmx_c
+    swapped = set(re.findall(r"exit_handlers\[EXIT_REASON_(\w+)\]\s*= handle_\w+;", nested))
+    assert swapped == {r.name for r, h in KVM_VMX_EXIT_HANDLERS.items()
+                       if h == "handle_vmx_instruction"}
+
+
+# --- what the paths add up to -----------------------------------------------------------------
+
+def test_user_space_is_derived_from_the_paths():
+    R = VmxExitReason
+    u = vmx.USER_SPACE
+    assert set(u) == set(KVM_VMX_EXIT_HANDLERS)
+    count = {w: sorted(r.name for r in u if u[r][0] == w)
+             for w in (vmx.KERNEL, vmx.USER, vmx.DEPENDS, vmx.DEBUG_OR_ERROR)}
+    assert {w: len(v) for w, v in count.items()} == {
+        vmx.KERNEL: 24, vmx.USER: 2, vmx.DEPENDS: 13, vmx.DEBUG_OR_ERROR: 13}
+    assert count[vmx.USER] == ["BUS_LOCK", "TRIPLE_FAULT"]
+    assert count[vmx.DEBUG_OR_ERROR] == sorted([
+        "NMI_WINDOW", "TASK_SWITCH", "CPUID", "INVD", "INVLPG", "RDPMC", "DR_ACCESS",
+        "MWAIT_INSTRUCTION", "MONITOR_INSTRUCTION", "PAUSE_INSTRUCTION", "WBINVD", "XSETBV",
+        "INVPCID"])
+    assert "CR_ACCESS" in count[vmx.DEPENDS] and "DR_ACCESS" not in count[vmx.KERNEL]
+    assert vmx.user_exits("handle_cr") == {
+        vmx.NORMAL: ("SET_TPR",), vmx.DEBUG: ("DEBUG",), vmx.ERROR: ("UNKNOWN", "errno")}
+    assert vmx.user_exits("handle_dr") == {vmx.NORMAL: (), vmx.DEBUG: ("DEBUG",), vmx.ERROR: ()}
+    assert vmx.user_exits("handle_task_switch")[vmx.ERROR] == ("INTERNAL_ERROR",)
+    assert vmx.user_exits("handle_io")[vmx.NORMAL] == ("IO", "MMIO")
+    assert vmx.user_exits("handle_desc")[vmx.NORMAL] == ("MMIO",)
+    assert vmx.user_exits("kvm_emulate_hypercall")[vmx.NORMAL] == ("HYPERCALL", "HYPERV", "XEN")
+    assert u[R.CPUID] == (vmx.DEBUG_OR_ERROR, "debug: DEBUG")
+    # the EMULTYPE_SKIP failure is only EPT_MISCONFIG's
+    skip_fail = [p for p in vmx.exit_paths("handle_ept_misconfig")
+                 if "skip_emulated_instruction" in p.via and p.exit == "KVM_EXIT_INTERNAL_ERROR"]
+    assert len(skip_fail) == 1
+    assert not any("skip_emulated_instruction" in p.via for p in vmx.exit_paths("handle_invlpg"))
+
+
+def test_set_tpr_path_names_its_condition():
+    (tpr,) = [p for p in vmx.exit_paths("handle_cr") if p.exit == "KVM_EXIT_SET_TPR"]
+    assert tpr.ret == 0 and tpr.kind == vmx.NORMAL and "CR8" in tpr.when and "APIC" in tpr.when
+    assert str(tpr).startswith("returns 0   KVM_EXIT_SET_TPR")
+    with pytest.raises(VmxError, match="no return paths"):
+        vmx.exit_paths("handle_nothing")
+    with pytest.raises(VmxError, match="a Return is"):
+        vmx.Return(0, "", "no exit named", "return 0;")
+
+
+def test_user_space_table_is_counted_from_the_paths():
+    t = vmx.user_space_table().splitlines()
+    assert t[0] == "15 of 52 entries can end in user space in normal use:"
+    rows = {line.split()[1]: line for line in t[2:17]}
+    assert set(rows) == {r.name for r, (w, _) in vmx.USER_SPACE.items()
+                         if w in (vmx.USER, vmx.DEPENDS)}
+    assert rows["CR_ACCESS"].split()[2:] == ["handle_cr", "SET_TPR", "DEBUG,", "UNKNOWN,", "errno"]
+    assert rows["TRIPLE_FAULT"].split()[2:] == ["handle_triple_fault", "SHUTDOWN"]
+    rest = " ".join(t[17:])
+    assert rest.startswith("13 reach user space only under a debugger or on a failure: NMI_WINDOW,")
+    assert "DR_ACCESS" in rest and "24 never do: every path returns 1: EXTERNAL_INTERRUPT," in rest
+    assert all(len(line) <= 120 and line == line.rstrip() for line in t)

@@ -32,7 +32,11 @@ a :class:`KvmConfig`:
   ``kvm_vcpu_block`` instead of returning ``KVM_EXIT_HLT``; the PIC (ports
   0x20–0x21, 0xa0–0xa1, 0x4d0–0x4d1 on ``KVM_PIO_BUS``, i8259.c) and the
   IOAPIC (0xfec00000, 0x100 bytes on ``KVM_MMIO_BUS``, ioapic.c) answer in the
-  kernel;
+  kernel; a ``MOV`` to CR8 that lowers the TPR returns ``KVM_EXIT_SET_TPR``
+  only without it;
+* ``pit`` — ``KVM_CREATE_PIT2``: the i8254 PIT answers ports 0x40–0x43 on
+  ``KVM_PIO_BUS`` in the kernel (i8254.c ``kvm_create_pit``; the speaker port
+  0x61 only with ``KVM_PIT_SPEAKER_DUMMY``, which QEMU does not pass);
 * ``ioeventfds`` — ``KVM_IOEVENTFD``: a write to that port or address signals
   an eventfd in the kernel (``ioeventfd_write``, virt/kvm/eventfd.c) and
   never reaches user space; an MMIO ioeventfd of length 0 also sits on
@@ -43,16 +47,19 @@ a :class:`KvmConfig`:
 
 Not modelled: what makes exits asynchronous (host interrupts, the
 preemption timer, signals, requests from other vCPUs), nested VMX, user-space
-MSR exits, the split irqchip. An exit reason with no handler in the table
-ends, as in ``__vmx_handle_exit``, with ``KVM_EXIT_INTERNAL_ERROR`` /
+MSR exits, the split irqchip, guest debugging (``KVM_SET_GUEST_DEBUG``) and
+the failure paths of the handlers — :func:`vbook.models.vmx.exit_paths` lists
+them all; here a handler whose only ways to user space are those
+(``vmx.USER_SPACE`` "debug/error") returns 1. An exit reason with no handler
+in the table ends, as in ``__vmx_handle_exit``, with ``KVM_EXIT_INTERNAL_ERROR`` /
 ``KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON`` (its number and name kept); a
 handled reason whose handler this model does not simulate raises
 :class:`KernelModelError` naming it.
 
 Read in the v6.1-rc7 tree (krr-io/linux-6.1.0, commit 7c210bc38):
 virt/kvm/kvm_main.c, virt/kvm/eventfd.c, arch/x86/kvm/x86.c, cpuid.c,
-mmu/mmu.c, i8259.c, ioapic.c, vmx/vmx.c. Pure and deterministic; nothing is
-printed.
+mmu/mmu.c, i8259.c, i8254.c, ioapic.c, vmx/vmx.c. Pure and deterministic;
+nothing is printed.
 """
 
 from __future__ import annotations
@@ -98,12 +105,13 @@ FILES: Mapping[str, str] = MappingProxyType({
         "x86_emulate_instruction", "emulator_read_write", "vcpu_mmio_write", "vcpu_mmio_read",
         "kvm_emulate_hypercall", "kvm_emulate_rdmsr", "kvm_emulate_wrmsr",
         "kvm_get_msr_with_filter", "kvm_set_msr_with_filter", "handle_fastpath_set_msr_irqoff",
-        "handle_ud", "kvm_queue_exception", "emulator_fix_hypercall")},
+        "handle_ud", "kvm_queue_exception", "emulator_fix_hypercall", "kvm_complete_insn_gp",
+        "kvm_set_cr3", "kvm_set_cr8", "kvm_lmsw")},
     **{f: "arch/x86/kvm/x86.c" for f in vmx.KVM_VMX_EXIT_HANDLERS.values()
        if f.startswith("kvm_")},
     **{f: "arch/x86/kvm/vmx/vmx.c" for f in (
         "vmx_vcpu_run", "vmx_exit_handlers_fastpath", "vmx_handle_exit_irqoff",
-        "vmx_handle_exit", "__vmx_handle_exit",
+        "vmx_handle_exit", "__vmx_handle_exit", "handle_set_cr0", "handle_set_cr4",
         *(f for f in vmx.KVM_VMX_EXIT_HANDLERS.values() if f.startswith("handle_")))},
     "__vmx_vcpu_run": "arch/x86/kvm/vmx/vmenter.S",
     "kvm_emulate_cpuid": "arch/x86/kvm/cpuid.c",
@@ -115,6 +123,8 @@ FILES: Mapping[str, str] = MappingProxyType({
     "ioeventfd_write": "virt/kvm/eventfd.c",
     **{f"picdev_{d}_{rw}": "arch/x86/kvm/i8259.c"
        for d in ("master", "slave", "elcr") for rw in ("read", "write")},
+    "pit_ioport_write": "arch/x86/kvm/i8254.c",
+    "pit_ioport_read": "arch/x86/kvm/i8254.c",
     "ioapic_mmio_write": "arch/x86/kvm/ioapic.c",
     "ioapic_mmio_read": "arch/x86/kvm/ioapic.c",
 })
@@ -133,7 +143,8 @@ QEMU_HANDLERS: Mapping[ExitReason, str] = MappingProxyType({
 
 #: exits after which user space stops running the vCPU (the guest is done)
 FINAL = {ExitReason.HLT: "hlt", ExitReason.SHUTDOWN: "shutdown",
-         ExitReason.INTERNAL_ERROR: "internal_error", ExitReason.FAIL_ENTRY: "fail_entry"}
+         ExitReason.INTERNAL_ERROR: "internal_error", ExitReason.FAIL_ENTRY: "fail_entry",
+         ExitReason.UNKNOWN: "unknown"}
 
 #: the KVM_PIO_BUS devices of KVM_CREATE_IRQCHIP (i8259.c ``kvm_pic_init``):
 #: (first port, ports, name, the ``picdev_*`` functions that answer)
@@ -141,6 +152,9 @@ PIC_PORTS: tuple[tuple[int, int, str, str], ...] = (
     (0x20, 2, "i8259 PIC (master)", "picdev_master"),
     (0xA0, 2, "i8259 PIC (slave)", "picdev_slave"),
     (0x4D0, 2, "i8259 ELCR", "picdev_elcr"))
+#: the KVM_PIO_BUS device of KVM_CREATE_PIT2 (i8254.c ``kvm_create_pit``:
+#: KVM_PIT_BASE_ADDRESS 0x40, KVM_PIT_MEM_LENGTH 4), same shape as PIC_PORTS
+PIT_PORTS: tuple[tuple[int, int, str, str], ...] = ((0x40, 4, "i8254 PIT", "pit_ioport"),)
 IOAPIC_BASE, IOAPIC_LEN = 0xFEC00000, 0x100
 
 _U32 = 2**32 - 1
@@ -195,14 +209,16 @@ class KvmConfig:
 
     ``ioeventfds`` takes :class:`Ioeventfd` objects or plain port numbers
     (a PIO ioeventfd of any size). ``hypercall_exit_enabled`` is the
-    ``KVM_CAP_EXIT_HYPERCALL`` mask (bit 12: ``KVM_HC_MAP_GPA_RANGE``).
-    The default is a bare VM as vbook's backends make it: nothing in the
-    kernel, every port and MMIO access and HLT goes to user space.
+    ``KVM_CAP_EXIT_HYPERCALL`` mask (bit 12: ``KVM_HC_MAP_GPA_RANGE``);
+    ``pit`` is ``KVM_CREATE_PIT2``. The default is a bare VM as vbook's
+    backends make it: nothing in the kernel, every port and MMIO access and
+    HLT goes to user space.
     """
 
     irqchip: bool = False
     ioeventfds: tuple[Ioeventfd, ...] = ()
     hypercall_exit_enabled: int = 0
+    pit: bool = False
 
     def __post_init__(self) -> None:
         evs = []
@@ -221,8 +237,14 @@ class KvmConfig:
 
     @classmethod
     def qemu(cls, ioeventfds: Iterable[Ioeventfd | int] = ()) -> KvmConfig:
-        """Like QEMU with ``kernel-irqchip=on``: an in-kernel irqchip, plus these ioeventfds."""
-        return cls(irqchip=True, ioeventfds=tuple(ioeventfds))
+        """Like QEMU 9.2.4 with ``kernel-irqchip=on``: in-kernel irqchip and PIT, these ioeventfds.
+
+        QEMU creates the PIT in the kernel whenever ``kvm_pit_in_kernel()``
+        (kernel irqchip, not split) and the machine's ``pit`` is on or auto:
+        hw/i386/pc.c ``pc_basic_device_init`` → ``kvm_pit_init`` →
+        hw/i386/kvm/i8254.c ``kvm_pit_realizefn`` → ``KVM_CREATE_PIT2`` (flags 0).
+        """
+        return cls(irqchip=True, ioeventfds=tuple(ioeventfds), pit=True)
 
     def pio_device(self, port: int, size: int, is_write: bool, value: int | None) -> str | None:
         """The in-kernel device on ``KVM_PIO_BUS`` that takes this access, or None."""
@@ -230,10 +252,10 @@ class KvmConfig:
             for ev in self.ioeventfds:
                 if ev.pio and ev.matches(port, size, value):
                     return str(ev)
-        if self.irqchip:
-            for base, length, name, _ in PIC_PORTS:
-                if base <= port and port + size <= base + length:
-                    return name
+        devices = (PIC_PORTS if self.irqchip else ()) + (PIT_PORTS if self.pit else ())
+        for base, length, name, _ in devices:
+            if base <= port and port + size <= base + length:
+                return name
         return None
 
     def mmio_device(self, gpa: int, size: int, is_write: bool, value: int | None) -> str | None:
@@ -255,6 +277,8 @@ class KvmConfig:
 
     def describe(self) -> str:
         parts = ["in-kernel irqchip" if self.irqchip else "no in-kernel irqchip"]
+        if self.pit:
+            parts.append("in-kernel PIT")
         parts += [str(ev) for ev in self.ioeventfds]
         if self.hypercall_exit_enabled:
             parts.append(f"KVM_CAP_EXIT_HYPERCALL {self.hypercall_exit_enabled:#x}")
@@ -264,7 +288,7 @@ class KvmConfig:
         return {"irqchip": self.irqchip,
                 "ioeventfds": [{"addr": e.addr, "len": e.len, "pio": e.pio,
                                 "datamatch": e.datamatch} for e in self.ioeventfds],
-                "hypercall_exit_enabled": self.hypercall_exit_enabled}
+                "hypercall_exit_enabled": self.hypercall_exit_enabled, "pit": self.pit}
 
 
 # --- CPUID: the table KVM answers from ---------------------------------------------------
@@ -376,7 +400,8 @@ class VmExit:
     ``data`` (hex) of an OUT, ``count`` of string I/O, ``accesses`` of an
     MMIO instruction (each a mapping gpa/len/is_write/data), ``eax``/``ecx`` of
     CPUID, ``rax``…``rsi``, ``cpl``, ``longmode`` of VMCALL, ``ecx`` (and
-    ``eax``/``edx``) of RDMSR/WRMSR, ``vector`` of an exception.
+    ``eax``/``edx``) of RDMSR/WRMSR, ``vector`` of an exception, ``value``
+    and ``cr8`` (the TPR before) of a MOV to a control register.
 
     :class:`vbook.backends.unicorn_cpu.KernelExit` has the same attributes, so
     the unicorn backend's records can be walked directly.
@@ -403,6 +428,13 @@ class VmExit:
     @classmethod
     def cpuid(cls, eax: int, ecx: int = 0, rip: int = 0) -> VmExit:
         return cls(R.CPUID, rip, 0, None, {"eax": eax, "ecx": ecx})
+
+    @classmethod
+    def mov_to_cr(cls, cr: int, value: int, *, cr8: int = 0, rip: int = 0) -> VmExit:
+        """``MOV CRn, RAX`` (``cr8``: the TPR before, what ``handle_cr`` compares with)."""
+        if cr not in range(16):
+            raise KernelModelError(f"a control register is 0..15, got {cr!r}")
+        return cls(R.CR_ACCESS, rip, cr, None, {"value": value, "cr8": cr8})
 
     @classmethod
     def hlt(cls, rip: int = 0) -> VmExit:
@@ -521,9 +553,9 @@ class RoundTrip:
 class KernelRun:
     """The whole walk: each VM exit's :class:`ExitStep`, the user exits in order, the trace.
 
-    ``end`` is how it ended: "hlt", "shutdown", "internal_error", "fail_entry"
-    (user space stops), "blocked" (the vCPU sleeps in the kernel; user space
-    never hears of it), or "running" (the VM exits ran out first).
+    ``end`` is how it ended: "hlt", "shutdown", "internal_error", "fail_entry",
+    "unknown" (user space stops), "blocked" (the vCPU sleeps in the kernel;
+    user space never hears of it), or "running" (the VM exits ran out first).
     ``unreached`` counts VM exits after the end that never happened.
     """
 
@@ -647,7 +679,7 @@ def _handle_io(ex: VmExit, cfg: KvmConfig) -> _Outcome:
         if dev.startswith("ioeventfd"):
             calls.append((5, "ioeventfd_write", "eventfd_signal: wake whoever waits on it"))
         else:
-            fn = next(f for _, _, name, f in PIC_PORTS if name == dev)
+            fn = next(f for _, _, name, f in PIC_PORTS + PIT_PORTS if name == dev)
             calls.append((5, f"{fn}_{'read' if q.in_ else 'write'}", dev))
         calls.append((1, "kvm_skip_emulated_instruction", "RIP past the instruction"))
         return _Outcome(calls, 1, note=f"{dev} took it in the kernel")
@@ -753,6 +785,8 @@ def _dispatch(ex: VmExit, cfg: KvmConfig, handler: str) -> _Outcome:
                                           f"ECX={c:#x} EDX={d:#x}"),
                          (1, "kvm_skip_emulated_instruction", "RIP += 2")], 1,
                         note=f"CPUID leaf {eax:#x} answered from the KVM_SET_CPUID2 table")
+    if reason == R.CR_ACCESS:
+        return _handle_cr(ex, cfg)
     if reason == R.HLT:
         calls = [(1, "kvm_skip_emulated_instruction", "RIP past the HLT"),
                  (1, "__kvm_emulate_halt", "")]
@@ -793,9 +827,46 @@ def _dispatch(ex: VmExit, cfg: KvmConfig, handler: str) -> _Outcome:
     rule = vmx.USER_SPACE.get(reason, (None, ""))[0]
     if rule == vmx.KERNEL:
         return _Outcome([], 1, note="handled in the kernel (not modelled step by step)")
+    if rule == vmx.DEBUG_OR_ERROR:
+        return _Outcome([], 1, note="handled in the kernel (not modelled step by step; it "
+                                    "reaches user space only under a debugger or on a failure)")
     raise KernelModelError(
         f"exit reason {vmx.describe_reason(basic)} → {handler}: the model does not simulate "
         "this handler (its result depends on VM state it does not track)")
+
+
+_CR_SETTERS = {0: "handle_set_cr0", 3: "kvm_set_cr3", 4: "handle_set_cr4", 8: "kvm_set_cr8"}
+
+
+def _handle_cr(ex: VmExit, cfg: KvmConfig) -> _Outcome:
+    """vmx.c ``handle_cr``: qualification bits 3:0 = the CR, bits 5:4 = the access
+    (0 MOV to, 1 MOV from, 2 CLTS, 3 LMSW)."""
+    q = ex.qualification
+    cr, access = q & 15, (q >> 4) & 3
+    if access == 0 and cr in _CR_SETTERS:
+        val = int(ex.before.get("value", 0))
+        err = cr == 8 and val & ~0xF  # kvm_set_cr8: CR8_RESERVED_BITS
+        calls = [(1, _CR_SETTERS[cr], f"CR{cr} = {val:#x}"),
+                 (1, "kvm_complete_insn_gp", "reserved bits: #GP" if err else "")]
+        if not err:
+            calls.append((2, "kvm_skip_emulated_instruction", "RIP past the MOV"))
+        if cr == 8 and not cfg.irqchip and (val & 0xFF) < int(ex.before.get("cr8", 0)):
+            prev = int(ex.before.get("cr8", 0))
+            return _Outcome(calls, 0, [UserExit(ExitReason.SET_TPR, {
+                "detail": f"TPR {prev:#x} -> {val & 0xFF:#x}"})],
+                note="TPR lowered, local APIC in user space: it may now deliver an interrupt")
+        return _Outcome(calls, 1, note=f"MOV to CR{cr}")
+    if access == 1 and cr in (3, 8):
+        return _Outcome([(1, "kvm_skip_emulated_instruction", "")], 1, note=f"MOV from CR{cr}")
+    if access == 3:
+        return _Outcome([(1, "kvm_lmsw", ""), (1, "kvm_skip_emulated_instruction", "")], 1,
+                        note="LMSW")
+    if access == 2:
+        raise KernelModelError(f"CLTS at RIP {ex.rip:#x}: Linux 6.1 lets the guest own CR0.TS, "
+                               "so CLTS never exits (handle_cr: KVM_BUG, -EIO)")
+    u = UserExit(ExitReason.UNKNOWN, {"detail": f"unhandled control register: op {access} "
+                                                f"cr {cr}"})
+    return _Outcome([], 0, [u], note="vcpu_unimpl: exit_reason = 0 (KVM_EXIT_UNKNOWN)")
 
 
 def vmx_handle_exit(ex: VmExit, cfg: KvmConfig) -> tuple[str | None, _Outcome]:
@@ -978,7 +1049,7 @@ def destinations(run: KernelRun) -> list[tuple[str, str, int]]:
 
 
 __all__ = [
-    "CPUID_TABLE", "FILES", "FINAL", "KVM_CPUID_FEATURES", "KVM_CPUID_SIGNATURE",
+    "CPUID_TABLE", "FILES", "FINAL", "KVM_CPUID_FEATURES", "PIC_PORTS", "PIT_PORTS", "KVM_CPUID_SIGNATURE",
     "KVM_SIGNATURE", "KVM_SUPPORTED_PV_FEATURES", "QEMU_HANDLERS", "CpuidEntry", "ExitStep",
     "Ioeventfd", "RoundTrip", "KernelModelError", "KernelRun", "KvmConfig", "KvmInternalError",
     "UserExit", "VmExit", "as_vm_exit", "destinations", "kvm_cpuid", "kvm_run",
