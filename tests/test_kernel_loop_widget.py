@@ -25,7 +25,7 @@ def run():
 def test_payload_is_the_trace_and_repr_is_stable(run):
     w = KernelLoopView(run)
     assert w.trace == run.trace.to_dict() and w.panes == "kernel" and w.speed == 4.0
-    assert repr(w) == ("KernelLoopView(trace='cpuid_loop', 86 events, 5 VM exits: 3 in the "
+    assert repr(w) == ("KernelLoopView(trace='cpuid_loop', 87 events, 5 VM exits: 3 in the "
                        "kernel, 2 to user space)")
     assert w.vm_exits() == {"kernel": 3, "user": 2, "blocked": 0}
     assert Trace.from_json(json.dumps(w.trace)) == run.trace
@@ -101,6 +101,6 @@ def test_exit_chart_draws_the_counts(run):
     left, right = fig.axes
     widths = [p.get_width() for p in left.patches]  # kernel, user, blocked per row, stacked
     assert widths == [3, 3, 2, 1, 0, 1]
-    assert [p.get_height() for p in right.patches] == [8, 8, 8, 14, 6]
+    assert [p.get_height() for p in right.patches] == [8, 8, 8, 15, 6]
     assert [t.get_text() for t in right.get_xticklabels()] == ["CPUID"] * 3 + ["IO", "HLT"]
     assert repr(fig).startswith("<Figure size 1100x")

@@ -202,8 +202,8 @@ def test_out_goes_to_user_space_unless_a_device_takes_it():
     assert (s.handler, s.ret, s.where) == ("handle_io", 0, "user")
     assert [u.to_dict() for u in s.user_exits] == [
         {"reason": "IO", "direction": "out", "size": 1, "port": 0xE0, "count": 1, "data": "41"}]
-    assert s.calls == ("kvm_fast_pio", "kvm_fast_pio_out", "emulator_pio_in_out",
-                       "kvm_io_bus_write")
+    assert s.calls == ("kvm_fast_pio", "kvm_fast_pio_out", "emulator_pio_out",
+                       "emulator_pio_in_out", "kvm_io_bus_write")
     s = one(out, KvmConfig(ioeventfds=(0xE0,)))
     assert (s.ret, s.where, s.user_exits) == (1, "kernel", ())
     assert s.calls[-2:] == ("ioeventfd_write", "kvm_skip_emulated_instruction")
@@ -665,7 +665,7 @@ def test_round_trips_count_the_steps_between_exit_and_entry():
     assert [(t.name, t.where, t.kernel_calls, t.kvm_run_returns, t.user_steps)
             for t in r.round_trips()] == [
         ("CPUID", "kernel", 8, 0, 0), ("CPUID", "kernel", 8, 0, 0), ("CPUID", "kernel", 8, 0, 0),
-        ("IO_INSTRUCTION", "user", 14, 1, 1), ("HLT", "user", 6, 1, 1)]
+        ("IO_INSTRUCTION", "user", 15, 1, 1), ("HLT", "user", 6, 1, 1)]
     rmw = VmExit(R.EPT_MISCONFIG, 0, 0, 0xD0008, {"accesses": [
         {"gpa": 0xD0008, "len": 1, "is_write": False, "data": "41"},
         {"gpa": 0xD0008, "len": 1, "is_write": True, "data": "42"}]})

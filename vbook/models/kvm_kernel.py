@@ -98,7 +98,8 @@ FILES: Mapping[str, str] = MappingProxyType({
         "kvm_vcpu_block")},
     **{f: "arch/x86/kvm/x86.c" for f in (
         "kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "vcpu_block",
-        "kvm_fast_pio", "kvm_fast_pio_out", "kvm_fast_pio_in", "emulator_pio_in_out",
+        "kvm_fast_pio", "kvm_fast_pio_out", "kvm_fast_pio_in", "emulator_pio_out",
+        "emulator_pio_in", "emulator_pio_in_out",
         "complete_fast_pio_out", "complete_fast_pio_in", "complete_emulated_mmio",
         "complete_emulated_pio", "complete_hypercall_exit", "kvm_skip_emulated_instruction",
         "kvm_emulate_halt", "__kvm_emulate_halt", "kvm_emulate_instruction",
@@ -672,15 +673,16 @@ def _handle_io(ex: VmExit, cfg: KvmConfig) -> _Outcome:
         return _Outcome(calls, 0, [_io_exit(direction, q.size, q.port, count, data)],
                         _Pending("complete_emulated_pio", [], "finish the string instruction"))
     fast = "kvm_fast_pio_in" if q.in_ else "kvm_fast_pio_out"
-    calls = [(1, "kvm_fast_pio", str(q)), (2, fast, ""),
-             (3, "emulator_pio_in_out", ""),
-             (4, bus, "KVM_PIO_BUS: " + (f"taken by {dev}" if dev else "no device here"))]
+    emulator = "emulator_pio_in" if q.in_ else "emulator_pio_out"
+    calls = [(1, "kvm_fast_pio", str(q)), (2, fast, ""), (3, emulator, ""),
+             (4, "emulator_pio_in_out", ""),
+             (5, bus, "KVM_PIO_BUS: " + (f"taken by {dev}" if dev else "no device here"))]
     if dev:
         if dev.startswith("ioeventfd"):
-            calls.append((5, "ioeventfd_write", "eventfd_signal: wake whoever waits on it"))
+            calls.append((6, "ioeventfd_write", "eventfd_signal: wake whoever waits on it"))
         else:
             fn = next(f for _, _, name, f in PIC_PORTS + PIT_PORTS if name == dev)
-            calls.append((5, f"{fn}_{'read' if q.in_ else 'write'}", dev))
+            calls.append((6, f"{fn}_{'read' if q.in_ else 'write'}", dev))
         calls.append((1, "kvm_skip_emulated_instruction", "RIP past the instruction"))
         return _Outcome(calls, 1, note=f"{dev} took it in the kernel")
     completion = "complete_fast_pio_in" if q.in_ else "complete_fast_pio_out"
