@@ -138,3 +138,62 @@ def test_the_out_path_chapter_03_walks_is_a_call_chain():
         assert chain[-1] in ("kvm_io_bus_write", "kvm_io_bus_read")
         for caller, callee in zip(chain, chain[1:]):
             assert f"{callee}(" in bodies[caller], f"{caller} does not call {callee}"
+
+
+def test_a_shutdown_request_stops_the_vcpus_after_the_main_loop_returns():
+    """Chapter 02: main_loop_should_exit returns true; main → qemu_cleanup → vm_shutdown →
+    do_vm_stop → pause_all_vcpus (QEMU 9.2.4)."""
+    runstate = git_show(QEMU_9, "HEAD", "system/runstate.c")
+    should = function_body(runstate, "static bool main_loop_should_exit(int *status)")
+    shutdown = should[should.index("request = qemu_shutdown_requested();"):
+                      should.index("request = qemu_reset_requested();")]
+    assert "qemu_system_shutdown(request);" in shutdown and "return true;" in shutdown
+    assert "pause_all_vcpus" not in shutdown
+    main = git_show(QEMU_9, "HEAD", "system/main.c")
+    assert "status = qemu_main_loop();\n    qemu_cleanup(status);" in main
+    assert "vm_shutdown();" in function_body(runstate, "void qemu_cleanup(int status)")
+    cpus = git_show(QEMU_9, "HEAD", "system/cpus.c")
+    assert "return do_vm_stop(RUN_STATE_SHUTDOWN, false);" in function_body(cpus, "int vm_shutdown(void)")
+    assert "pause_all_vcpus();" in function_body(cpus, "static int do_vm_stop(RunState state, bool send_stop)")
+
+
+def test_vmx_leaves_rip_on_a_fast_out_and_skips_it_on_the_next_kvm_run():
+    """Chapter 01 / the unicorn backend's pio_rip="vmx": kvm_fast_pio_out records the linear RIP
+    and defers the skip to complete_fast_pio_out (only if RIP did not move); port 0x7e with
+    the quirk skips at once; string I/O goes to the emulator."""
+    x86 = _linux("arch/x86/kvm/x86.c")
+    out = function_body(x86, "static int kvm_fast_pio_out(")
+    assert "vcpu->arch.pio.linear_rip = kvm_get_linear_rip(vcpu);" in out
+    assert "vcpu->arch.complete_userspace_io = complete_fast_pio_out;" in out
+    quirk = out[out.index("if (port == 0x7e &&"):out.index("} else {")]
+    assert "KVM_X86_QUIRK_OUT_7E_INC_RIP" in quirk and "kvm_skip_emulated_instruction(vcpu);" in quirk
+    done = function_body(x86, "static int complete_fast_pio_out(struct kvm_vcpu *vcpu)")
+    assert "if (unlikely(!kvm_is_linear_rip(vcpu, vcpu->arch.pio.linear_rip)))\n\t\treturn 1;" in done
+    assert "return kvm_skip_emulated_instruction(vcpu);" in done
+    io = function_body(_linux("arch/x86/kvm/vmx/vmx.c"), "static int handle_io(struct kvm_vcpu *vcpu)")
+    assert "if (string)\n\t\treturn kvm_emulate_instruction(vcpu, 0);" in io
+
+
+def test_unassigned_memory_and_the_size_of_the_system_region():
+    """Chapter 02: a read nobody accepts gives unassigned_mem_read's 0 and MEMTX_DECODE_ERROR;
+    a region of size UINT64_MAX is all 2**64 bytes, so `info mtree` ends system at ...ffff."""
+    from vbook.devices.machine import Machine
+
+    mem = git_show(QEMU_9, "HEAD", "system/memory.c")
+    read = function_body(mem, "MemTxResult memory_region_dispatch_read(MemoryRegion *mr,")
+    assert ("if (!memory_region_access_valid(mr, addr, size, false, attrs)) {\n"
+            "        *pval = unassigned_mem_read(mr, addr, size);\n"
+            "        return MEMTX_DECODE_ERROR;") in read
+    assert "return false;" in function_body(mem, "static bool unassigned_mem_accepts(")
+    init = function_body(mem, "static void memory_region_do_init(MemoryRegion *mr,")
+    assert "if (size == UINT64_MAX) {\n        mr->size = int128_2_64();" in init
+    mtree = Machine().info_mtree()
+    assert "0000000000000000-ffffffffffffffff (prio 0, container): system" in mtree
+
+
+def test_qemu_does_not_enforce_pv_cpuid_by_default():
+    """Chapter 04: KICK_CPU / SEND_IPI / SCHED_YIELD are gated on PV features only when the
+    VMM enables KVM_CAP_ENFORCE_PV_FEATURE_CPUID; QEMU's kvm-pv-enforce-cpuid defaults to off."""
+    cpu = git_show(QEMU_9, "HEAD", "target/i386/cpu.c")
+    prop = cpu[cpu.index('DEFINE_PROP_BOOL("kvm-pv-enforce-cpuid"'):]
+    assert prop[:prop.index(")")].replace("\n", " ").split(",")[-1].strip() == "false"

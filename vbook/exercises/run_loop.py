@@ -213,7 +213,8 @@ class PredictHandlers(Exercise):
         self.body = text + "\n" + end_text
         return ("After a prologue that enters 32-bit protected mode (flat segments, an empty "
                 "IDT), this guest runs on the board of chapter 02 (16550 UART at 0x3f8, "
-                "isa-debug-exit at 0x501, pc-testdev at 0xe0/0xe8 and 0xff000000; nothing else):"
+                "isa-debug-exit at 0x501, pc-testdev at 0xe0/0xe8 and 0xff000000 — its ports 0xe4 "
+                "and 0x2000 are left out; nothing else):"
                 "\n\n" + self.body + "\n\nList every exit QEMU's kvm_cpu_exec sees, in order, "
                 "with the QEMU function it ends in, e.g. ['IO serial_ioport_read', "
                 "'MMIO test_iomem_write', 'HLT kvm_handle_halt'].\nHandlers: "

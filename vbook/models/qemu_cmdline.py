@@ -164,7 +164,8 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
              "kvm_check_extension, still on /dev/kvm: required capabilities, coalesced "
              "MMIO, vCPU events, nested state, irqfd …"),
         Step("kvm_arch_init", "vm", "KVM_SET_IDENTITY_MAP_ADDR", Ioctl.SET_IDENTITY_MAP_ADDR,
-             f"{KVM_IDENTITY_BASE:#x}: page tables VMX needs for real mode without paging"),
+             f"{KVM_IDENTITY_BASE:#x}: the identity page table VMX runs a guest on while "
+             "its paging is off, when the CPU lacks unrestricted guest"),
         Step("kvm_arch_init", "vm", "KVM_SET_TSS_ADDR", Ioctl.SET_TSS_ADDR,
              f"{KVM_IDENTITY_BASE + 0x1000:#x}: three pages for the real-mode TSS"),
     ]
@@ -178,9 +179,10 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
     for net in netdevs:
         if net.get("_") != "tap":
             continue
-        s.append(Step("tap_open", "-", 'open("/dev/net/tun")', None, "needs CAP_NET_ADMIN"))
+        s.append(Step("tap_open", "-", 'open("/dev/net/tun")', None, "the tun/tap clone device"))
         s.append(Step("tap_open", "tun", "TUNSETIFF", TUNSETIFF,
-                      f"IFF_TAP|IFF_NO_PI|IFF_VNET_HDR = {IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:#x}"))
+                      f"IFF_TAP|IFF_NO_PI|IFF_VNET_HDR = {IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:#x}; "
+                      "creating the tap needs CAP_NET_ADMIN"))
         if net.get("vhost") == "on":
             s.append(Step("net_init_tap_one", "-", 'open("/dev/vhost-net")', None,
                           "the in-kernel virtio-net data path"))
@@ -200,7 +202,8 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
     s.append(Step("kvm_set_user_memory_region", "vm", "KVM_SET_USER_MEMORY_REGION",
                   Ioctl.SET_USER_MEMORY_REGION,
                   f"one per RAM section: {ram >> 20} MiB of QEMU's anonymous memory, split "
-                  "around the legacy VGA/ROM and PCI holes"))
+                  "where the VGA window and the ROMs sit below 1 MiB (RAM that would reach "
+                  "the PCI hole below 4 GiB moves above 4 GiB)"))
     if irqchip == "on":  # pc_init1: CPUs, then pc_memory_init, then pc_basic_device_init
         s.append(Step("kvm_pit_realizefn", "vm", "KVM_CREATE_PIT2", Ioctl.CREATE_PIT2,
                       "pc_basic_device_init → kvm_pit_init(isa_bus, 0x40) when "
@@ -208,8 +211,9 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
                       "kernel, ports 0x40-0x43 on KVM_PIO_BUS"))
     for i in range(vcpus):
         s += [
-            Step("kvm_arch_put_registers", f"vcpu{i}", "KVM_SET_REGS / KVM_SET_SREGS",
-                 Ioctl.SET_REGS, "reset state: real mode at 0xfffffff0"),
+            Step("kvm_arch_put_registers", f"vcpu{i}", "KVM_SET_REGS / KVM_SET_SREGS2",
+                 Ioctl.SET_REGS, "reset state: real mode at 0xfffffff0 (KVM_SET_SREGS on a "
+                 "kernel without KVM_CAP_SREGS2)"),
             Step("kvm_cpu_exec", f"vcpu{i}", "KVM_RUN", Ioctl.RUN,
                  "in a loop, one return per exit to user space"),
         ]

@@ -174,9 +174,15 @@ class MemoryRegion:
         return self.addr + self.size
 
 
+def _region_size(size: int) -> int:
+    """``memory_region_do_init``: a size of UINT64_MAX means all 2**64 bytes
+    (``if (size == UINT64_MAX) mr->size = int128_2_64();``)."""
+    return 2**64 if size == UINT64_MAX else size
+
+
 def memory_region_init(name: str, size: int) -> MemoryRegion:
     """A container region (system/memory.c ``memory_region_init``): it has no callbacks."""
-    return MemoryRegion(name, size, unassigned_mem_ops, is_container=True)
+    return MemoryRegion(name, _region_size(size), unassigned_mem_ops, is_container=True)
 
 
 def memory_region_init_io(name: str, size: int, ops: MemoryRegionOps, opaque: Any = None,
@@ -184,7 +190,7 @@ def memory_region_init_io(name: str, size: int, ops: MemoryRegionOps, opaque: An
     """An I/O region whose accesses call ``ops`` with ``opaque`` (``memory_region_init_io``)."""
     if size <= 0:
         raise VbookError(f"memory region {name!r} must have a positive size, got {size}")
-    return MemoryRegion(name, size, ops, opaque, owner)
+    return MemoryRegion(name, _region_size(size), ops, opaque, owner)
 
 
 def memory_region_add_subregion(mr: MemoryRegion, offset: int, subregion: MemoryRegion) -> None:
@@ -209,7 +215,7 @@ def memory_region_add_subregion(mr: MemoryRegion, offset: int, subregion: Memory
 
 
 #: system/physmem.c: the region behind every address no region of an address space covers
-io_mem_unassigned = MemoryRegion("unassigned", UINT64_MAX, unassigned_mem_ops)
+io_mem_unassigned = MemoryRegion("unassigned", _region_size(UINT64_MAX), unassigned_mem_ops)
 
 
 class DeviceState:

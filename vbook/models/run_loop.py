@@ -375,6 +375,11 @@ def qemu_wait_io_event(cpu: CPUState) -> tuple[End, str] | None:
 def main_loop_should_exit(cpu: CPUState) -> None:
     """system/runstate.c, in the main thread: act on a shutdown, reset or stop request.
 
+    A shutdown only makes ``main_loop_should_exit`` return true; the vCPUs are
+    stopped after ``qemu_main_loop`` returns, by ``main`` (system/main.c) →
+    ``qemu_cleanup`` → ``vm_shutdown`` → ``do_vm_stop`` → ``pause_all_vcpus``.
+    The model folds that into one step of the main thread.
+
     Every path stops the vCPUs (``pause_all_vcpus`` → ``cpu_pause``:
     ``cpu->stop = true``, then ``qemu_cpu_kick`` → ``cpus_kick_thread``, which
     sends the vCPU thread ``SIG_IPI`` with ``pthread_kill``; that thread's
@@ -385,7 +390,8 @@ def main_loop_should_exit(cpu: CPUState) -> None:
     cpu.main_loop_acted = True
     if rs.shutdown_requested:
         why = (f"shutdown_requested = SHUTDOWN_CAUSE_{rs.shutdown_requested.name}: "
-               "qemu_system_shutdown, then qemu_cleanup → vm_shutdown → pause_all_vcpus")
+               "qemu_system_shutdown, return true; qemu_main_loop returns and main calls "
+               "qemu_cleanup → vm_shutdown → do_vm_stop → pause_all_vcpus")
     elif rs.reset_requested:
         why = (f"reset_requested = SHUTDOWN_CAUSE_{rs.reset_requested.name}: "
                "pause_all_vcpus, qemu_system_reset")
