@@ -472,3 +472,217 @@ def test_vbook_kvm_dev_names_the_device(monkeypatch, tmp_path):
         KvmVcpu.check_available()
     monkeypatch.delenv("VBOOK_KVM_DEV")
     assert kvm_mod.kvm_dev() == "/dev/kvm"
+
+
+# --- KVM_RUN's call: fcntl.ioctl leaves EINTR to us here (the module docstring) -----------
+
+class _Retried(Exception):
+    """Raised by a SIGALRM handler: fcntl.ioctl went on retrying an interrupted KVM_RUN."""
+
+
+@needs_kvm
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal.signal needs the main thread")
+def test_fcntl_ioctl_does_not_retry_an_interrupted_kvm_run():
+    """With ``immediate_exit`` = 1 (kvm_run byte 1) KVM_RUN returns -EINTR at once.
+    Python up to 3.13 raises it (PEP 475 never reached ioctl), so vbook calls
+    fcntl.ioctl; from 3.14 fcntl.ioctl retries (gh-132768) until a signal handler
+    raises, so vbook must go through ctypes there. A SIGALRM handler bounds the
+    probe either way."""
+
+    def handler(signum, frame):
+        raise _Retried
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with KvmVcpu.from_guest(HELLO) as vcpu:
+            vcpu._run[1] = 1  # immediate_exit
+            for args in ((Ioctl.RUN,), (Ioctl.RUN, 0)):
+                signal.setitimer(signal.ITIMER_REAL, 0.5)
+                try:
+                    fcntl.ioctl(vcpu._vcpu, *args)
+                except _Retried:
+                    outcome = "retried"
+                except OSError as e:
+                    outcome = errno.errorcode.get(e.errno or 0, str(e.errno))
+                else:
+                    outcome = "returned"
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                if kvm_mod.IOCTL_RETRIES_EINTR:
+                    assert outcome in ("retried", "EINTR")
+                else:
+                    assert outcome == "EINTR", args
+            vcpu._run[1] = 0
+            assert run_all(vcpu) == [io(OUT, 1, 0x3F8, "41"), io(OUT, 1, 0x3F8, "42"), HLT]
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    # and the module picked its KVM_RUN call by that fact
+    expected = kvm_mod._kvm_run_ctypes if kvm_mod.IOCTL_RETRIES_EINTR else fcntl.ioctl
+    assert kvm_mod._kvm_run_ioctl is expected
+
+
+def test_ioctl_choice_follows_the_python_version():
+    import sys
+
+    retries = sys.implementation.name != "cpython" or sys.version_info >= (3, 14)
+    assert kvm_mod.IOCTL_RETRIES_EINTR is retries
+
+
+# --- the exit cache: equal exits, one object, right counts ------------------------------
+
+REPEATS = guest("B041 E680 E680 B042 E680 E460 E460 E680 F4", """\
+mov al, 'A'
+out 0x80, al
+out 0x80, al       ; the same exit again
+mov al, 'B'
+out 0x80, al       ; same port, other data
+in al, 0x60
+in al, 0x60        ; the same IN again
+out 0x80, al       ; what the second IN read
+hlt""", "repeats")
+
+MMIO_REPEATS = guest("B80010 8ED8 C60610005A C60610005A A04000 A04000 F4", """\
+mov ax, 0x1000     ; DS base 0x10000: just past the 64 KiB RAM slot
+mov ds, ax
+mov byte [0x10], 0x5a
+mov byte [0x10], 0x5a
+mov al, [0x40]
+mov al, [0x40]
+hlt""", "mmio_repeats")
+
+COUNT_UP = guest("31C0 E680 FEC0 3C0A 75F8 F4", """\
+xor ax, ax
+l: out 0x80, al    ; 0, 1, ... 9
+inc al
+cmp al, 10
+jne l
+hlt""", "count_up")
+
+
+@needs_kvm
+def test_repeated_exits_are_equal_and_shared():
+    with KvmVcpu.from_guest(REPEATS) as vcpu:
+        exits = run_all(vcpu, [b"\x11", b"\x22"])
+        assert exits == [io(OUT, 1, 0x80, "41"), io(OUT, 1, 0x80, "41"), io(OUT, 1, 0x80, "42"),
+                         io(IN, 1, 0x60), io(IN, 1, 0x60), io(OUT, 1, 0x80, "22"), HLT]
+        assert exits[0] is exits[1] and exits[3] is exits[4]  # decoded once
+        assert exits[0] is not exits[2]
+        assert vcpu.stats.exits == {"IO": 6, "HLT": 1} and vcpu.stats.runs == 7
+        assert repr(vcpu) == "KvmVcpu('repeats', timeout=1 s, 7 runs)"
+    with KvmVcpu.from_guest(REPEATS) as fresh:  # another vCPU: equal, not the same objects
+        again = run_all(fresh, [b"\x11", b"\x22"])
+        assert again == exits and again[0] is not exits[0]
+
+
+@needs_kvm
+def test_repeated_mmio_exits_keep_read_completion():
+    with KvmVcpu.from_guest(MMIO_REPEATS) as vcpu:
+        e1 = vcpu.run()
+        assert e1 == mmio(0x10010, 1, "5a") and not e1.needs_data
+        assert vcpu.run() is e1
+        r1 = vcpu.run()
+        assert r1 == mmio(0x10040, 1) and r1.needs_data
+        with pytest.raises(VbookError, match="MMIO read of the last exit is waiting"):
+            vcpu.run()
+        vcpu.complete(b"\x77")
+        r2 = vcpu.run()  # (kvm_run.mmio.data now holds 77: equal, maybe not the same object)
+        assert r2 == r1 and r2.needs_data
+        with pytest.raises(VbookError, match="waiting for data"):
+            vcpu.run()
+        vcpu.complete(b"\x88")
+        assert vcpu.run() == HLT
+        assert vcpu.get_regs().rax & 0xFF == 0x88
+        assert vcpu.stats.exits == {"MMIO": 4, "HLT": 1}
+
+
+@needs_kvm
+def test_a_full_exit_cache_starts_again_and_stays_right(monkeypatch):
+    monkeypatch.setattr(kvm_mod, "_EXIT_CACHE_SIZE", 3)
+    with KvmVcpu.from_guest(COUNT_UP) as vcpu:
+        exits = run_all(vcpu)
+        assert exits == [io(OUT, 1, 0x80, f"{i:02x}") for i in range(10)] + [HLT]
+        assert vcpu.stats.exits == {"IO": 10, "HLT": 1}
+
+
+@needs_kvm
+def test_hypercall_completion_needs_the_hypercall_exit_to_be_the_last():
+    """complete(8 bytes) after a HYPERCALL exit writes kvm_run.hypercall.ret, once."""
+    with KvmVcpu.from_guest(HELLO) as vcpu:
+        run = vcpu._run
+        run[8:12] = int(ExitReason.HYPERCALL).to_bytes(4, "little")  # as KVM would leave it
+        run[32:40] = (12).to_bytes(8, "little")  # nr: KVM_HC_MAP_GPA_RANGE
+        e = vcpu._decode_other(ExitReason.HYPERCALL)
+        assert e.hypercall is not None and e.hypercall.nr == 12
+        vcpu.complete((5).to_bytes(8, "little"))
+        assert run[88:96] == (5).to_bytes(8, "little")
+        with pytest.raises(VbookError, match="no IN or MMIO read is waiting"):
+            vcpu.complete(bytes(8))
+        vcpu._decode_other(ExitReason.HYPERCALL)
+        run[8:12] = int(ExitReason.IO).to_bytes(4, "little")  # a later exit replaced it
+        with pytest.raises(VbookError, match="no IN or MMIO read is waiting"):
+            vcpu.complete(bytes(8))
+
+
+# --- the time limit with a lazy clock: never early, not much late -----------------------
+
+@needs_kvm
+def test_misbehaving_spin_guest_times_out_not_before_its_timeout():
+    from vbook.guests import MISBEHAVING
+
+    with KvmVcpu.from_guest(MISBEHAVING["spin"], timeout=0.2) as vcpu:
+        for _ in range(2):
+            t = time.monotonic()
+            with pytest.raises(RunTimeout) as ei:
+                vcpu.run()
+            took = time.monotonic() - t
+            assert not isinstance(ei.value, HypercallNotCompleted)
+            assert took >= 0.2  # never early
+            assert took < 0.2 * (1 + 1 / kvm_mod.TICKS) + 1.0  # not a hang (generous: CI)
+        assert vcpu.stats.exits == {"TIMEOUT": 2}
+
+
+@needs_kvm
+def test_the_limit_is_per_run_not_per_loop():
+    """Many short runs that add up to far more than the timeout never time out."""
+    n = 10_000
+    loop = guest("66B9" + n.to_bytes(4, "little").hex() + "E680 6649 75FA F4",
+                 f"mov ecx, {n}\nl: out 0x80, al\ndec ecx\njnz l\nhlt", "loop")
+    with KvmVcpu.from_guest(loop, timeout=0.01) as vcpu:
+        t = time.monotonic()
+        exits = 0
+        while vcpu.run() != HLT:
+            exits += 1
+        assert exits == n
+        assert time.monotonic() - t > vcpu.timeout  # else this would test nothing
+
+
+@needs_kvm
+def test_hypercall_guest_is_reported_on_a_host_that_does_not_finish_vmcall():
+    from vbook.guests import get
+
+    pvm = os.path.exists("/sys/module/kvm_pvm")
+    with KvmVcpu.from_guest(get("hypercall"), timeout=0.2) as vcpu:
+        try:
+            exits = run_all(vcpu)
+        except HypercallNotCompleted as e:
+            assert str(e).startswith("this host did not complete the hypercall at RIP")
+            assert "VMCALL" in str(e) and "0.2 s" in str(e)
+            assert vcpu.read_memory(e.rip, 3) == b"\x0f\x01\xc1"
+            assert vcpu.stats.exits.get("TIMEOUT") == 1
+        else:
+            assert not pvm, "a PVM host was expected not to finish the VMCALL"
+            assert exits[-1] == HLT
+
+
+@needs_kvm
+def test_vcpus_with_different_timeouts_share_a_thread():
+    with KvmVcpu.from_guest(HELLO, timeout=30) as slow, \
+            KvmVcpu.from_guest(SPIN, timeout=0.2) as quick:
+        assert slow.run() == io(OUT, 1, 0x3F8, "41")
+        t = time.monotonic()
+        with pytest.raises(RunTimeout):
+            quick.run()  # kicked at its own pace, not the 30 s vCPU's
+        assert 0.2 <= time.monotonic() - t < 5
+        assert run_all(slow) == [io(OUT, 1, 0x3F8, "42"), HLT]
+    assert not kvm_mod._KICKERS

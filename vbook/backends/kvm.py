@@ -21,12 +21,26 @@ become an error, not a hang. The kernel leaves KVM_RUN with ``-EINTR`` when a
 signal is pending, so vbook does what QEMU does with its ``SIG_IPI``: a kick
 signal (:data:`KICK_SIGNAL`) stays *blocked* in the thread, and
 ``KVM_SET_SIGNAL_MASK`` unblocks it only while the vCPU is inside KVM_RUN. A
-POSIX timer per thread (``timer_create`` with ``SIGEV_THREAD_ID``) sends it at
-the deadline. Because the signal is blocked outside KVM_RUN it is never lost
-(a kick that comes early simply makes the next KVM_RUN return at once), no
-Python signal handler or ``SIGALRM`` is touched, and it works on any thread.
-KVM_RUN goes through ``ctypes`` so that its EINTR reaches this code (Python's
-``fcntl.ioctl`` would retry it, PEP 475). Ctrl-C still interrupts a run.
+periodic POSIX timer per thread (``timer_create`` with ``SIGEV_THREAD_ID``)
+sends it every ``timeout / 20`` (1 ms at least). Because the signal is blocked outside KVM_RUN
+it is never lost (a kick that comes between runs makes the next KVM_RUN return
+at once), no Python signal handler or ``SIGALRM`` is touched, and it works on
+any thread. A run reads no clock: only a kick does (:class:`_Kicker`), so a
+stuck run fails between ``timeout`` and ``timeout`` + one tick after it began.
+
+KVM_RUN itself is ``fcntl.ioctl(vcpu_fd, KVM_RUN)`` where that leaves EINTR to
+vbook: CPython up to 3.13 does not retry an interrupted ``ioctl`` (PEP 475's
+loops reached ``fcntl``, ``flock`` and ``lockf`` in 3.7, ``ioctl`` only in 3.14,
+gh-132768), so a kicked KVM_RUN raises ``InterruptedError`` here, after any
+Python signal handler has run; ``tests/test_kvm_backend.py`` pins this. Where
+``fcntl.ioctl`` retries (3.14 on, and other Pythons, unchecked), KVM_RUN goes
+through ``ctypes`` instead: a retry with the kick pending would spin in C for
+ever. ``fcntl.ioctl`` is used because it is cheaper, *with no third argument*:
+CPython 3.11 first tries an int argument as a writable, then a read-only
+buffer (two TypeErrors made and dropped), so ``ioctl(fd, KVM_RUN, 0)`` costs
+about 1.1 µs a call more than ``ioctl(fd, KVM_RUN)``, and a ``ctypes`` call
+about 0.8 µs more (measured here on KVM_GET_API_VERSION; ``make bench`` shows
+what it does to the exit rate). Ctrl-C still interrupts a run.
 """
 
 from __future__ import annotations
@@ -35,9 +49,11 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -170,13 +186,17 @@ def _ioctl(fd: int, request: Ioctl, arg: Any = 0) -> Any:
 
 
 class _Kicker:
-    """The watchdog of one thread: a POSIX timer that sends it :data:`KICK_SIGNAL`.
+    """The watchdog of one thread: a periodic POSIX timer that sends it :data:`KICK_SIGNAL`.
 
-    One per thread that runs vCPUs, shared by all of them, armed lazily: a run
-    only re-arms it when it would fire *later* than that run's deadline, so
-    the common case costs nothing. A kick that finds no KVM_RUN stays pending
-    (the signal is blocked) and makes the next KVM_RUN return EINTR at once;
-    that run consumes it, sees its own deadline has not passed, and goes on.
+    One per thread that runs vCPUs, shared by all of them; it ticks every
+    :attr:`period` (the smallest ``timeout / TICKS`` of its vCPUs). So a kick
+    comes at most one period after any moment: either the timer fires, or its
+    signal is already pending (blocked outside KVM_RUN) and the next KVM_RUN
+    returns EINTR at once. The kernel re-arms a periodic timer only when its
+    signal has been taken, so a thread that stops running vCPUs gets one more
+    kick, not a stream. A run never reads the clock: its first kick starts its
+    clock (the run began at most one period before), later kicks check it
+    (:meth:`KvmVcpu._interrupted`).
     """
 
     def __init__(self) -> None:
@@ -190,27 +210,43 @@ class _Kicker:
             self._unblock()
             raise KvmError("timer_create", err, os.strerror(err))
         self.timer = timer
-        self.armed_until: float | None = None  # when the timer fires (time.monotonic)
-        self.users = 0
-        self._spec = (ctypes.c_long * 4)()  # struct itimerspec: interval {0, 0}, value
+        self.period = 0.0  # seconds between kicks; 0: not started
+        self.periods: dict[int, float] = {}  # id(vcpu) -> the period its timeout needs
+        self._spec = (ctypes.c_long * 4)()  # struct itimerspec: it_interval, it_value
         self._spec_addr = ctypes.addressof(self._spec)
 
-    def arm(self, deadline: float) -> None:
-        if self.armed_until is not None and self.armed_until <= deadline:
-            return  # it fires at or before this deadline already
-        sec = int(deadline)
-        self._spec[2], self._spec[3] = sec, int((deadline - sec) * 1e9)
-        _libc.timer_settime(self.timer, _TIMER_ABSTIME, self._spec_addr, None)
-        self.armed_until = deadline
+    def add(self, user: int, period: float) -> None:
+        self.periods[user] = period
+        self._set_period(min(self.periods.values()))
 
-    def consume(self) -> None:
-        """Take a pending kick off this thread (after KVM_RUN returned EINTR)."""
-        if signal.sigtimedwait((KICK_SIGNAL,), 0) is not None:
-            self.armed_until = None
+    def _set_period(self, period: float) -> None:
+        if period != self.period:  # restart: the first kick one (new) period from now
+            self.period = period
+            self._settime(0, period)
 
-    def release(self) -> None:
-        self.users -= 1
-        if self.users > 0:
+    def fire_at(self, when: float) -> None:
+        """Move the next kick to ``when`` (time.monotonic), then tick on from there."""
+        self._settime(_TIMER_ABSTIME, when)
+
+    def _settime(self, flags: int, value: float) -> None:
+        spec, period = self._spec, self.period
+        spec[0] = int(period)
+        spec[1] = int((period - spec[0]) * 1e9)
+        spec[2] = int(value)
+        spec[3] = min(int((value - spec[2]) * 1e9) + 1, 999_999_999)  # never early
+        if _libc.timer_settime(self.timer, flags, self._spec_addr, None) < 0:
+            err = ctypes.get_errno()
+            raise KvmError("timer_settime", err, os.strerror(err))
+
+    @staticmethod
+    def take() -> bool:
+        """Take a pending kick off this thread (after KVM_RUN returned EINTR): was there one?"""
+        return signal.sigtimedwait((KICK_SIGNAL,), 0) is not None
+
+    def release(self, user: int) -> None:
+        self.periods.pop(user, None)
+        if self.periods:
+            self._set_period(min(self.periods.values()))
             return
         _libc.timer_delete(self.timer)
         if _KICKERS.get(self.thread) is self:
@@ -234,6 +270,30 @@ _R_IO, _R_MMIO = ExitReason.IO, ExitReason.MMIO
 _EXIT_NAMES = {int(r): r.name for r in ExitReason}
 _KVM_RUN = int(Ioctl.RUN)
 _EXIT_CACHE_SIZE = 4096
+#: kicks per timeout: a stuck run fails between ``timeout`` and ``timeout * (1 + 1/TICKS)``
+TICKS = 20
+#: but no more than one kick a millisecond (a tiny timeout is then a little later)
+MIN_TICK = 0.001
+
+
+def _kvm_run_ctypes(fd: int, request: int) -> int:
+    """KVM_RUN through libc: raises OSError (EINTR too), as fcntl.ioctl does before 3.14."""
+    ret = _libc.ioctl(fd, request, 0)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+#: True where fcntl.ioctl retries a call that fails with EINTR: CPython 3.14+
+#: (gh-132768). KVM_RUN with the kick pending would then spin for ever in C.
+IOCTL_RETRIES_EINTR = sys.implementation.name != "cpython" or sys.version_info >= (3, 14)
+#: KVM_RUN, called as ``_kvm_run_ioctl(vcpu_fd, KVM_RUN)``: fcntl.ioctl where it leaves
+#: EINTR to us, without the third argument (see the module docstring).
+_kvm_run_ioctl = _kvm_run_ctypes if IOCTL_RETRIES_EINTR else fcntl.ioctl
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+_KEY = slice(8, 53)  # kvm_run from exit_reason to the end of the io / mmio member
 
 
 class KvmVcpu(VCpu):
@@ -256,7 +316,12 @@ class KvmVcpu(VCpu):
         self.hypercall_exit_enabled = hypercall_exit_enabled
         self._counts = [0] * 64  # exits by exit_reason
         self._timeouts = 0
-        self._exit_cache: dict[tuple, Exit] = {}
+        # kvm_run[8:53] -> (the Exit, or for an OUT what makes one; exit_reason; for an
+        # OUT its Exits by data and where the data is; the pending IN / MMIO read)
+        self._exits: dict[bytes, tuple] = {}
+        self._thread: int | None = None  # the thread runs are set up for
+        self._kicker_here: _Kicker | None = None  # that thread's kicker
+        self._ready: int | None = None  # that thread, when run() may go on; None: check why
         self.mem_size = guest.mem_size
         self._kvm = self._vm = self._vcpu = -1
         self._mem: mmap.mmap | None = None
@@ -406,67 +471,115 @@ class KvmVcpu(VCpu):
 
     def run(self) -> Exit:
         """KVM_RUN until the guest exits to user space; the exit, decoded from kvm_run."""
-        run = self._run
-        if run is None:
-            raise VbookError("this KvmVcpu is closed")
-        if self._pending is not None:
-            raise VbookError(
-                f"the {self._pending[0]} of the last exit is waiting for data: call "
-                f"complete(<{self._pending[2]} bytes>) before run()")
-        ident = threading.get_ident()
-        kicker = self._kickers.get(ident) or self._kicker(ident)
-        deadline = time.monotonic() + self.timeout
-        if kicker.armed_until is None or kicker.armed_until > deadline:
-            kicker.arm(deadline)
-        while _libc.ioctl(self._vcpu, _KVM_RUN, 0) < 0:
-            err = ctypes.get_errno()
-            if err != errno.EINTR:
-                raise KvmError("KVM_RUN", err, os.strerror(err))
-            kicker.consume()  # our kick, or another signal (Ctrl-C raises from here)
-            if time.monotonic() >= deadline:
-                raise self._timeout_error()
-            kicker.arm(deadline)
-        self._hypercall_pending = False
+        if self._ready != _get_ident():  # closed, data pending, or a new thread
+            self._get_ready()
+        try:
+            _kvm_run_ioctl(self._vcpu, _KVM_RUN)
+        except OSError as e:
+            self._interrupted(e)  # a kick of the time limit (or another signal, or an error)
 
         # Exits repeat (a loop writing one port) and Exit is immutable, so equal
-        # exits share one object: decoding stays a dict lookup (~100k exits/s).
-        reason = RUN_EXIT_REASON.unpack_from(run, 8)[0]
+        # exits share one object, found by the raw bytes of kvm_run from
+        # exit_reason to the end of the io/mmio member; an OUT's bytes in the
+        # PIO page are a second key. This path is kept short on purpose: right
+        # after KVM_RUN every bytecode costs several times what it does in a warm
+        # loop (on this PVM host; tools/bench.py compares it with a bare loop).
+        run = self._run
+        try:
+            exit, reason, by_data, where, pending = self._exits[run[_KEY]]
+        except KeyError:
+            return self._decode(run[_KEY])
+        self._counts[reason] += 1
+        if by_data is None:
+            if pending is not None:  # IN or MMIO read: complete() answers
+                self._pending, self._ready = pending, None
+            return exit
+        data = run[where]  # KVM_EXIT_IO_OUT: the bytes in the PIO data page
+        try:
+            return by_data[data]
+        except KeyError:
+            return _cache_out(by_data, exit, data)  # (for OUT, ``exit`` makes one)
+
+    def _decode(self, key: bytes) -> Exit:
+        """Decode an exit not in the cache (``key``: kvm_run[8:53]); cache it if IO or MMIO."""
+        (reason,) = RUN_EXIT_REASON.unpack_from(key)
         if reason < len(self._counts):
             self._counts[reason] += 1
-        cache = self._exit_cache
+        pending = entry = None
         if reason == _IO:
-            direction, size, port, count, offset = RUN_IO.unpack_from(run, RUN_UNION)
+            direction, size, port, count, offset = RUN_IO.unpack_from(key, RUN_UNION - 8)
             n = size * count
             if direction:  # KVM_EXIT_IO_OUT: the bytes are in the PIO data page
-                key = ("out", size, port, count, run[offset:offset + n])
-                exit = cache.get(key)
-                if exit is None:
-                    exit = Exit(_R_IO, io=IoExit(_IO_OUT, size, port, count, key[4]))
+                make = functools.partial(IoExit, _IO_OUT, size, port, count)
+                by_data: dict[bytes, Exit] = {}
+                entry = (make, reason, by_data, slice(offset, offset + n), None)
+                exit = _cache_out(by_data, make, self._run[offset:offset + n])
             else:  # IN: user space answers into the same place
-                self._pending = ("IN", offset, n)
-                key = ("in", size, port, count)
-                exit = cache.get(key)
-                if exit is None:
-                    exit = Exit(_R_IO, io=IoExit(_IO_IN, size, port, count))
+                exit = Exit(_R_IO, io=IoExit(_IO_IN, size, port, count))
+                pending = ("IN", offset, n)
         elif reason == _MMIO:
-            phys_addr, data, length, is_write = RUN_MMIO.unpack_from(run, RUN_UNION)
+            phys_addr, data, length, is_write = RUN_MMIO.unpack_from(key, RUN_UNION - 8)
             if is_write:
-                key = ("write", phys_addr, length, data[:length])
-                exit = cache.get(key)
-                if exit is None:
-                    exit = Exit(_R_MMIO, mmio=MmioExit(phys_addr, length, True, key[3]))
+                exit = Exit(_R_MMIO, mmio=MmioExit(phys_addr, length, True, data[:length]))
             else:
-                self._pending = ("MMIO read", RUN_MMIO_DATA, length)
-                key = ("read", phys_addr, length)
-                exit = cache.get(key)
-                if exit is None:
-                    exit = Exit(_R_MMIO, mmio=MmioExit(phys_addr, length, False))
+                exit = Exit(_R_MMIO, mmio=MmioExit(phys_addr, length, False))
+                pending = ("MMIO read", RUN_MMIO_DATA, length)
         else:
             return self._decode_other(reason)
-        if len(cache) >= _EXIT_CACHE_SIZE:
-            cache.clear()
-        cache[key] = exit
+        if pending is not None:
+            self._pending, self._ready = pending, None
+        exits = self._exits
+        if len(exits) >= _EXIT_CACHE_SIZE:
+            exits.clear()
+        exits[key] = entry or (exit, reason, None, None, pending)
         return exit
+
+    def _get_ready(self) -> None:
+        """Why run() may not go on; else set this thread up (its kicker, made on first use)."""
+        if self._run is None:
+            raise VbookError("this KvmVcpu is closed")
+        if self._pending is not None:
+            what, _, n = self._pending
+            raise VbookError(f"the {what} of the last exit is waiting for data: call "
+                             f"complete(<{n} bytes>) before run()")
+        ident = _get_ident()
+        kicker = self._kickers.get(ident)
+        if kicker is None:
+            kicker = _KICKERS.get(ident)
+            if kicker is None:
+                kicker = _KICKERS[ident] = _Kicker()
+            kicker.add(id(self), max(self.timeout / TICKS, MIN_TICK))
+            self._kickers[ident] = kicker
+        self._thread, self._kicker_here = ident, kicker
+        self._ready = ident
+
+    def _interrupted(self, e: OSError) -> None:
+        """KVM_RUN failed with ``e``: sit out the kicks until the guest exits, or raise.
+
+        The run began at most one kicker period before its first kick, so a
+        deadline of first kick + timeout is never early and at most one period
+        late. Another signal's Python handler has already run by the time the
+        ioctl raised (Ctrl-C raises KeyboardInterrupt from there instead).
+        """
+        kicker = self._kicker_here
+        assert kicker is not None
+        deadline = None
+        while True:
+            if e.errno != errno.EINTR:
+                raise KvmError("KVM_RUN", e.errno or 0, e.strerror or "")
+            if kicker.take():  # our kick, not another signal
+                now = _monotonic()
+                if deadline is None:
+                    deadline = now + self.timeout
+                elif now >= deadline:
+                    raise self._timeout_error()
+                if deadline - now < kicker.period:
+                    kicker.fire_at(deadline)
+            try:
+                _kvm_run_ioctl(self._vcpu, _KVM_RUN)
+                return
+            except OSError as again:
+                e = again
 
     @property
     def stats(self) -> VcpuStats:
@@ -537,14 +650,6 @@ class KvmVcpu(VCpu):
             f"guest ran {self.timeout:g} s without an exit (runaway guest?) at RIP "
             f"{regs.rip:#x} (bytes there: {where})", rip=regs.rip)
 
-    def _kicker(self, ident: int) -> _Kicker:
-        kicker = _KICKERS.get(ident)
-        if kicker is None:
-            kicker = _KICKERS[ident] = _Kicker()
-        kicker.users += 1
-        self._kickers[ident] = kicker
-        return kicker
-
     def complete(self, data: bytes) -> None:
         """Answer the pending IN (PIO data page) or MMIO read (``kvm_run.mmio.data``).
 
@@ -557,7 +662,9 @@ class KvmVcpu(VCpu):
             raise VbookError("this KvmVcpu is closed")
         data = bytes(data)
         if self._pending is None:
-            if self._hypercall_pending and len(data) == 8:
+            # a HYPERCALL exit that was the last one (run() does not reset the flag)
+            if (self._hypercall_pending and len(data) == 8
+                    and RUN_EXIT_REASON.unpack_from(run, 8)[0] == ExitReason.HYPERCALL):
                 run[RUN_UNION + 56:RUN_UNION + 64] = data
                 self._hypercall_pending = False
                 return
@@ -567,6 +674,7 @@ class KvmVcpu(VCpu):
             raise VbookError(f"complete(): the pending {what} needs {n} bytes, got {len(data)}")
         run[offset:offset + n] = data
         self._pending = None
+        self._ready = self._thread
 
     # --- registers and memory ------------------------------------------------------------
 
@@ -611,9 +719,10 @@ class KvmVcpu(VCpu):
 
     def close(self) -> None:
         """munmap kvm_run and the RAM, close the vcpu, vm and kvm fds. Safe to call twice."""
+        self._ready = self._thread = self._kicker_here = None  # run(): "closed"
         kickers, self._kickers = self._kickers, {}
         for kicker in kickers.values():
-            kicker.release()
+            kicker.release(id(self))
         if self._run is not None:
             self._run.close()
             self._run = None
@@ -639,6 +748,15 @@ class KvmVcpu(VCpu):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{sum(self._counts)} runs"
         return f"KvmVcpu({self.guest.name!r}, timeout={self.timeout:g} s, {state})"
+
+
+def _cache_out(by_data: dict[bytes, Exit], make: Any, data: bytes) -> Exit:
+    """The Exit of an OUT of ``data`` (``make``: the IoExit without its data), now cached."""
+    exit = Exit(_R_IO, io=make(data))
+    if len(by_data) >= _EXIT_CACHE_SIZE:
+        by_data.clear()
+    by_data[data] = exit
+    return exit
 
 
 def _check_guest(guest: Guest) -> None:
