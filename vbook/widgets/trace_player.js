@@ -207,7 +207,10 @@ function describe(ctx, i) {
       text: `VM entry${d.rip !== undefined ? ` at rip ${hex(ctx.val(i, "rip"))}` : ""}`,
       note:
         "KVM loads the guest's state and switches the CPU to guest mode " +
-        "(VMLAUNCH/VMRESUME on Intel, VMRUN on AMD).",
+        "(VMLAUNCH/VMRESUME on Intel, VMRUN on AMD). The rip is what user space reads " +
+        "before KVM_RUN: right after an IN or OUT exit, Linux 6.1 on VMX still shows that " +
+        "instruction, and KVM_RUN first finishes it (complete_fast_pio_in/_out skip it), " +
+        "so the guest goes on past it.",
     };
   }
   if (isGuestRun(ev)) {
