@@ -75,6 +75,7 @@ def test_config_normalises_ports_and_describes_itself():
 @pytest.mark.parametrize("kw, match", [
     (dict(ioeventfds=("0xe0",)), "Ioeventfd or a port number"),
     (dict(hypercall_exit_enabled=-1), "non-negative mask"),
+    (dict(disabled_quirks=-1), "disabled_quirks must be a non-negative mask"),
 ])
 def test_config_refuses_nonsense(kw, match):
     with pytest.raises(KernelModelError, match=match):
@@ -85,6 +86,7 @@ def test_config_refuses_nonsense(kw, match):
     (dict(addr=0xE0, len=3, pio=True), "len must be 0, 1, 2, 4 or 8"),
     (dict(addr=0x10000, pio=True), "port"),
     (dict(addr=-1), "guest-physical address"),
+    (dict(addr=0xD0000, datamatch=7), "len 0 cannot have a datamatch"),
 ])
 def test_ioeventfd_refuses_nonsense(kw, match):
     with pytest.raises(KernelModelError, match=match):
@@ -108,6 +110,101 @@ def test_devices_of_the_irqchip():
     assert QEMU.mmio_device(0xFEC00000, 4, True, 0) == "IOAPIC"
     assert QEMU.mmio_device(0xFEC00100, 4, True, 0) is None
     assert KvmConfig(ioeventfds=(0xE0,)).pio_device(0xE0, 1, False, None) is None  # no reads
+
+
+def test_the_in_kernel_lapic_answers_its_page_before_kvm_mmio_bus():
+    apic_eoi = VmExit.mmio(0xFEE000B0, 4, is_write=True, data=bytes(4))
+    bare = one(apic_eoi)
+    assert bare.ret == 0 and str(bare.user_exits[0]) == "MMIO write addr=0xfee000b0 len=4 data=00000000"
+    s = one(apic_eoi, QEMU)
+    assert (s.ret, s.where, s.user_exits) == (1, "kernel", ())
+    assert s.calls[-2:] == ("vcpu_mmio_write", "apic_mmio_write")
+    read = one(VmExit.mmio(0xFEE00030, 4, is_write=False), KvmConfig(irqchip=True))  # version
+    assert read.ret == 1 and read.calls[-1] == "apic_mmio_read"
+    assert QEMU.mmio_device(0xFEE00FFC, 4, False, None) == "local APIC"
+    assert QEMU.mmio_device(0xFEE01000, 4, False, None) is None  # past the 4 KiB page
+    # vcpu_mmio_write asks the LAPIC before KVM_MMIO_BUS: an ioeventfd there never fires
+    cfg = KvmConfig(irqchip=True, ioeventfds=(Ioeventfd(0xFEE000B0, 4),))
+    assert cfg.mmio_device(0xFEE000B0, 4, True, 0) == "local APIC"
+    assert KvmConfig(ioeventfds=(Ioeventfd(0xFEE000B0, 4),)).mmio_device(
+        0xFEE000B0, 4, True, 0).startswith("ioeventfd")
+
+
+def test_6_1_source_the_lapic_page_is_tried_before_kvm_mmio_bus():
+    from _sources import LINUX_6_1 as L61
+    from _sources import LINUX_6_1_REV as L61_REV
+    from _sources import function_body, git_show
+
+    x86 = git_show(L61, L61_REV, "arch/x86/kvm/x86.c")
+    for rw, dev in (("write", "kvm_iodevice_write(vcpu, &vcpu->arch.apic->dev, addr, n, v)"),
+                    ("read", "kvm_iodevice_read(vcpu, &vcpu->arch.apic->dev,")):
+        body = function_body(x86, f"static int vcpu_mmio_{rw}(struct kvm_vcpu *vcpu, gpa_t addr,")
+        lapic = body.index("if (!(lapic_in_kernel(vcpu) &&")
+        assert lapic < body.index(dev) < body.index(f"kvm_io_bus_{rw}(vcpu, KVM_MMIO_BUS, addr,")
+    lapic_c = git_show(L61, L61_REV, "arch/x86/kvm/lapic.c")
+    assert re.search(rf"#define LAPIC_MMIO_LENGTH\s+\(1 << {kk.LAPIC_MMIO_LENGTH.bit_length() - 1}\)",
+                     lapic_c)
+    in_range = function_body(lapic_c, "static int apic_mmio_in_range(struct kvm_lapic *apic, gpa_t addr)")
+    assert "addr >= apic->base_address &&" in in_range
+    assert "addr < apic->base_address + LAPIC_MMIO_LENGTH;" in in_range
+    for rw in ("read", "write"):
+        body = function_body(lapic_c, f"static int apic_mmio_{rw}(struct kvm_vcpu *vcpu, "
+                                      "struct kvm_io_device *this,")
+        assert "if (!apic_mmio_in_range(apic, address))\n\t\treturn -EOPNOTSUPP;" in body
+    assert re.search(r"apic_mmio_ops = \{\n\t\.read\s+= apic_mmio_read,\n\t\.write\s+= "
+                     r"apic_mmio_write,", lapic_c)
+    reset = function_body(lapic_c, "void kvm_lapic_reset(struct kvm_vcpu *vcpu, bool init_event)")
+    assert "msr_val = APIC_DEFAULT_PHYS_BASE | MSR_IA32_APICBASE_ENABLE;" in reset
+    apicdef = git_show(L61, L61_REV, "arch/x86/include/asm/apicdef.h")
+    assert re.search(rf"#define\s+APIC_DEFAULT_PHYS_BASE\s+{kk.APIC_DEFAULT_PHYS_BASE:#x}\b", apicdef)
+    # with the LAPIC in the kernel, the APIC-access page exists only in xAPIC mode
+    vmx_c = git_show(L61, L61_REV, "arch/x86/kvm/vmx/vmx.c")
+    mode = function_body(vmx_c, "void vmx_set_virtual_apic_mode(struct kvm_vcpu *vcpu)")
+    assert "if (!lapic_in_kernel(vcpu))\n\t\treturn;" in mode
+    xapic = mode[mode.index("case LAPIC_MODE_XAPIC:"):mode.index("case LAPIC_MODE_X2APIC:")]
+    assert "SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES" in xapic
+
+
+def test_out_to_port_0x7e_skips_rip_before_the_exit_unless_the_quirk_is_off():
+    out = VmExit.io(0x7E, 1, data=b"\x01")
+    s = one(out)
+    assert (s.ret, s.calls[-1]) == (0, "kvm_skip_emulated_instruction")
+    r = kvm_run([out, VmExit.hlt()])
+    completions = [e.label for e in r.trace if e.kind == "call" and e.data.get("completion")]
+    assert completions == ["complete_fast_pio_out_port_0x7e"]
+    off = KvmConfig(disabled_quirks=kk.KVM_X86_QUIRK_OUT_7E_INC_RIP)
+    assert off.describe() == "no in-kernel irqchip, KVM_CAP_DISABLE_QUIRKS 0x8"
+    assert off.to_dict()["disabled_quirks"] == 8
+    assert "kvm_skip_emulated_instruction" not in one(out, off).calls
+    r = kvm_run([out, VmExit.hlt()], off)
+    assert [e.label for e in r.trace if e.kind == "call" and e.data.get("completion")] == [
+        "complete_fast_pio_out"]
+    # another quirk disabled: 0x7e still skips; IN from 0x7e and OUT to 0x7f never do
+    assert one(out, KvmConfig(disabled_quirks=1 << 2)).calls[-1] == "kvm_skip_emulated_instruction"
+    for other in (VmExit.io(0x7E, 1, in_=True), VmExit.io(0x7F, 1, data=b"\x01")):
+        assert "kvm_skip_emulated_instruction" not in one(other).calls
+    assert [str(u) for u in r.user_exits] == ["IO out port=0x7e size=1 count=1 data=01", "HLT"]
+
+
+def test_6_1_source_the_port_0x7e_quirk():
+    from _sources import LINUX_6_1 as L61
+    from _sources import LINUX_6_1_REV as L61_REV
+    from _sources import function_body, git_show
+
+    uapi = git_show(L61, L61_REV, "arch/x86/include/uapi/asm/kvm.h")
+    bit = kk.KVM_X86_QUIRK_OUT_7E_INC_RIP.bit_length() - 1
+    assert re.search(rf"#define KVM_X86_QUIRK_OUT_7E_INC_RIP\s+\(1 << {bit}\)", uapi)
+    x86 = git_show(L61, L61_REV, "arch/x86/kvm/x86.c")
+    done = function_body(x86, "static int complete_fast_pio_out_port_0x7e(struct kvm_vcpu *vcpu)")
+    assert done.split("{", 1)[1].split() == ["vcpu->arch.pio.count", "=", "0;", "return", "1;"]
+    out = function_body(x86, "static int kvm_fast_pio_out(")
+    quirk = out[out.index("if (port == 0x7e &&"):out.index("} else {")]
+    assert "kvm_check_has_quirk(vcpu->kvm, KVM_X86_QUIRK_OUT_7E_INC_RIP)" in quirk
+    assert quirk.index("complete_fast_pio_out_port_0x7e") < quirk.index(
+        "kvm_skip_emulated_instruction(vcpu);")
+    assert "port == 0x7e" not in function_body(x86, "static int kvm_fast_pio_in(")
+    assert "return !(kvm->arch.disabled_quirks & quirk);" in git_show(
+        L61, L61_REV, "arch/x86/kvm/x86.h")
 
 
 def test_qemu_config_has_the_in_kernel_pit():
@@ -656,7 +753,51 @@ def test_kvm_cpuid_leaves_as_cpuid_c_reports_them():
     from vbook.models.hypercall import PvFeature
     assert sum(1 << int(PvFeature[n]) for n in named) == kk.KVM_SUPPORTED_PV_FEATURES
     sig = src[src.index("case KVM_CPUID_SIGNATURE: {"):]
-    assert "entry->eax = KVM_CPUID_FEATURES;" in sig[:300]
+    sig = sig[:sig.index("break;")]
+    assert "entry->eax = KVM_CPUID_FEATURES;" in sig
+    # the signature KVM offers in KVM_GET_SUPPORTED_CPUID: EBX, ECX, EDX = KVM_SIGNATURE
+    assert "const u32 *sigptr = (const u32 *)KVM_SIGNATURE;" in sig
+    assert [re.search(rf"entry->{r} = sigptr\[(\d)\];", sig)[1] for r in ("ebx", "ecx", "edx")] \
+        == ["0", "1", "2"]
+    para = subprocess.run(["git", "--git-dir", LINUX_6_1, "show",
+                           f"{LINUX_6_1_REV}:arch/x86/include/uapi/asm/kvm_para.h"],
+                          capture_output=True, text=True).stdout
+    m = re.search(r'#define KVM_SIGNATURE "(.*)"', para)
+    assert m and m[1].encode().decode("unicode_escape").encode() == kk.KVM_SIGNATURE
+    assert re.search(rf"#define KVM_CPUID_SIGNATURE\s+{kk.KVM_CPUID_SIGNATURE:#x}\b", para)
+    # kvm_emulate_cpuid: EAX/ECX in, kvm_cpuid looks them up, EAX..EDX out, then the skip
+    emu = src[src.index("int kvm_emulate_cpuid(struct kvm_vcpu *vcpu)"):]
+    emu = emu[:emu.index("\n}\n")]
+    steps = ["eax = kvm_rax_read(vcpu);", "ecx = kvm_rcx_read(vcpu);",
+             "kvm_cpuid(vcpu, &eax, &ebx, &ecx, &edx, false);", "kvm_rax_write(vcpu, eax);",
+             "kvm_rdx_write(vcpu, edx);", "return kvm_skip_emulated_instruction(vcpu);"]
+    assert [emu.index(x) for x in steps] == sorted(emu.index(x) for x in steps)
+
+
+def test_6_1_source_ioeventfd_matches_like_the_model():
+    """virt/kvm/eventfd.c: ioeventfd_in_range's checks in Ioeventfd.matches' order; writes only
+    (ioeventfd_ops has no .read); length 0 also on KVM_FAST_MMIO_BUS; the lengths allowed."""
+    if not Path(LINUX_6_1).exists():
+        pytest.skip(f"no kernel tree at {LINUX_6_1} (set VBOOK_LINUX_6_1_GIT)")
+    from _sources import function_body
+    src = subprocess.run(["git", "--git-dir", LINUX_6_1, "show",
+                          f"{LINUX_6_1_REV}:virt/kvm/eventfd.c"], capture_output=True, text=True).stdout
+    rng = src[src.index("ioeventfd_in_range(struct _ioeventfd *p, gpa_t addr, int len, const void *val)"):]
+    rng = rng[:rng.index("\n}\n")]
+    checks = ["if (addr != p->addr)", "if (!p->length)", "if (len != p->length)",
+              "if (p->wildcard)", "return _val == p->datamatch;"]
+    assert [rng.index(c) for c in checks] == sorted(rng.index(c) for c in checks)
+    ops = src[src.index("static const struct kvm_io_device_ops ioeventfd_ops = {"):]
+    ops = ops[:ops.index("};")]
+    assert ".write      = ioeventfd_write," in ops and ".read" not in ops
+    assert "p->wildcard = true;" in src and "KVM_IOEVENTFD_FLAG_DATAMATCH" in src
+    assign = function_body(src, "kvm_assign_ioeventfd(struct kvm *kvm, struct kvm_ioeventfd *args)")
+    assert re.search(r"case 0:\n\tcase 1:\n\tcase 2:\n\tcase 4:\n\tcase 8:\n\t\tbreak;\n"
+                     r"\tdefault:\n\t\treturn -EINVAL;", assign)
+    assert "if (!args->len && (args->flags & KVM_IOEVENTFD_FLAG_DATAMATCH))\n\t\treturn -EINVAL;" \
+        in assign
+    assert re.search(r"if \(!args->len && bus_idx == KVM_MMIO_BUS\) \{\n\t\tret = "
+                     r"kvm_assign_ioeventfd_idx\(kvm, KVM_FAST_MMIO_BUS, args\);", assign)
 
 
 def test_round_trips_count_the_steps_between_exit_and_entry():
@@ -676,8 +817,28 @@ def test_measure_reports_both_kinds_of_exit():
     unicorn_or_skip()
     t = cpuid_loop.measure("unicorn", outs=50, cpuids=2, rounds=10)
     assert (t.backend, t.user_exits, t.kernel_exits) == ("unicorn", 60, 20)
-    assert t.user_exit > 0 and t.kernel_exit >= 0
-    assert str(t).startswith("on unicorn: exit to user space and back ")
+    assert t.user_exit > 0 and t.kernel_exit >= 0 and t.host == ""
+    assert str(t).startswith("on unicorn:\n  exit to user space and back ")
+    assert "per CPUID" in str(t) and "kernel" not in str(t)
+
+
+@pytest.mark.parametrize("host, says", [
+    ("VMX", "CPUID exit handled in the kernel 5.00 µs (1,000 CPUIDs)"),
+    ("SVM", "CPUID exit handled in the kernel 5.00 µs (1,000 CPUIDs)"),
+    ("PVM", "one CPUID loop pass in KVM's emulator (5 instructions, no VM exit) 5.00 µs "
+            "(1,000 passes)"),
+    ("other", "per CPUID 5.00 µs (1,000 CPUIDs)"),
+])
+def test_timing_says_what_was_measured_on_which_host(host, says):
+    t = cpuid_loop.Timing("kvm", 20e-6, 5e-6, 2_000, 1_000, host)
+    assert str(t).splitlines() == [
+        f"on kvm, a {host} host:", "  exit to user space and back 20.00 µs (50,000/s, 2,000 OUTs);",
+        f"  {says};", "  ratio 4.0"]
+    assert all(len(line) <= 110 for line in str(t).splitlines())
+    assert str(cpuid_loop.Timing("kvm", 20e-6, 0.0, 2, 1, host)).endswith("ratio -")
+    # the loop pass the PVM figure counts: mov eax / xor ecx / cpuid / dec esi / jnz
+    body = cpuid_loop.LISTING[cpuid_loop.LISTING.index("again:"):cpuid_loop.LISTING.index("show:")]
+    assert len([ln for ln in body.splitlines()[1:] if ln.strip()]) == cpuid_loop.LOOP_PASS
 
 
 def test_msr_exits_of_long_mode_and_the_passthrough_msrs():
@@ -763,3 +924,34 @@ def test_6_1_source_in_kernel_devices_and_the_run_loop():
     loop = function_body(x86, "static int vcpu_run(struct kvm_vcpu *vcpu)")
     assert "r = vcpu_enter_guest(vcpu);" in loop and "r = vcpu_block(vcpu);" in loop
     assert re.search(r"if \(r <= 0\)\s*break;", loop)
+
+
+def test_6_1_source_vcpu_run_can_stop_after_a_handler_returned_1():
+    """Chapter 03: "never" is about the handler. After it returns 1, vcpu_run still leaves for a
+    signal (KVM_EXIT_INTR, -EINTR), an interrupt window user space asked for, or a request the
+    next vcpu_enter_guest finds."""
+    from _sources import LINUX_6_1 as L61
+    from _sources import LINUX_6_1_REV as L61_REV
+    from _sources import function_body, git_show
+
+    x86 = git_show(L61, L61_REV, "arch/x86/kvm/x86.c")
+    loop = function_body(x86, "static int vcpu_run(struct kvm_vcpu *vcpu)")
+    assert re.search(r"if \(dm_request_for_irq_injection\(vcpu\) &&\n\s*"
+                     r"kvm_vcpu_ready_for_interrupt_injection\(vcpu\)\) \{\n\s*r = 0;\n\s*"
+                     r"vcpu->run->exit_reason = KVM_EXIT_IRQ_WINDOW_OPEN;", loop)
+    assert "r = xfer_to_guest_mode_handle_work(vcpu);" in loop
+    entry = git_show(L61, L61_REV, "kernel/entry/kvm.c")
+    assert re.search(r"_TIF_SIGPENDING \| _TIF_NOTIFY_SIGNAL\)\) \{\n\s*"
+                     r"kvm_handle_signal_exit\(vcpu\);\n\s*return -EINTR;", entry)
+    host = git_show(L61, L61_REV, "include/linux/kvm_host.h")
+    sig = host[host.index("static inline void kvm_handle_signal_exit(struct kvm_vcpu *vcpu)"):]
+    assert "vcpu->run->exit_reason = KVM_EXIT_INTR;" in sig[:200]
+    enter = function_body(x86, "static int vcpu_enter_guest(struct kvm_vcpu *vcpu)")
+    enter = enter[:enter.index("if (kvm_check_request(KVM_REQ_EVENT, vcpu) || req_int_win")]
+    for req, exit in (("KVM_REQ_TRIPLE_FAULT", "KVM_EXIT_SHUTDOWN"),
+                      ("KVM_REQ_IOAPIC_EOI_EXIT", "KVM_EXIT_IOAPIC_EOI"),
+                      ("KVM_REQ_HV_CRASH", "KVM_EXIT_SYSTEM_EVENT"),
+                      ("KVM_REQ_HV_EXIT", "KVM_EXIT_HYPERV")):
+        after = enter[enter.index(f"kvm_check_request({req}, vcpu)"):]
+        assert after.index(f"vcpu->run->exit_reason = {exit};") < after.index("goto out;"), req
+    assert "vcpu->run->exit_reason = KVM_EXIT_DIRTY_RING_FULL;" in enter

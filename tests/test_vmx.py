@@ -83,7 +83,13 @@ def test_handler_table_of_6_1():
     assert no_entry == {"INIT_SIGNAL", "SIPI_SIGNAL", "RDTSC", "INVALID_STATE", "MSR_LOAD_FAIL",
                         "RDTSCP", "XSAVES", "XRSTORS", "UMWAIT", "TPAUSE"}
     assert vmx.KVM_VMX_MAX_EXIT_HANDLERS == 76
-    assert set(vmx.USER_SPACE) == set(t)
+    assert set(vmx.USER_SPACE) == set(t) == set(vmx.DEFAULT_EXIT_HANDLERS)
+    d = vmx.DEFAULT_EXIT_HANDLERS  # what runs with kvm_intel.nested=1
+    assert (d[R.VMON], d[R.VMOFF], d[R.VMREAD], d[R.CPUID]) == (
+        "handle_vmxon", "handle_vmxoff", "handle_vmread", "kvm_emulate_cpuid")
+    assert {r for r in t if d[r] != t[r]} == set(vmx.NESTED_VMX_EXIT_HANDLERS) == {
+        r for r, h in t.items() if h == "handle_vmx_instruction"}
+    assert vmx.handler_for(R.VMON) == "handle_vmxon"
     assert all(where in (vmx.KERNEL, vmx.USER, vmx.DEPENDS, vmx.DEBUG_OR_ERROR)
                for where, _ in vmx.USER_SPACE.values())
     assert vmx.USER_SPACE[R.TRIPLE_FAULT][0] == vmx.USER
@@ -245,6 +251,109 @@ def test_differences_with_3_15_are_in_the_sources():
     assert "if (string || in)" in io3 and "skip_emulated_instruction(vcpu);" in io3
     assert "return kvm_fast_pio_out(vcpu, size, port);" in io3
     assert "complete_fast_pio_out" in x86_6 and "complete_fast_pio_in" in x86_6
+    # 3.15: the skip comes before kvm_fast_pio_out, whoever takes the OUT
+    assert io3.index("skip_emulated_instruction(vcpu);") < io3.index("kvm_fast_pio_out(")
+    # 6.1: an in-kernel device (ret != 0) is skipped at once; user space on the next KVM_RUN,
+    # but OUT 0x7e with the quirk before the exit
+    fast = x86_6[x86_6.index("int kvm_fast_pio(struct kvm_vcpu *vcpu,"):]
+    assert "return ret && kvm_skip_emulated_instruction(vcpu);" in fast[:fast.index("\n}\n")]
+    out6 = x86_6[x86_6.index("static int kvm_fast_pio_out("):]
+    out6 = out6[:out6.index("\n}\n")]
+    assert re.search(r"if \(port == 0x7e &&\n\s*kvm_check_has_quirk\(vcpu->kvm, "
+                     r"KVM_X86_QUIRK_OUT_7E_INC_RIP\)\) \{\n\s*vcpu->arch.complete_userspace_io ="
+                     r"\n\s*complete_fast_pio_out_port_0x7e;\n\s*kvm_skip_emulated_instruction", out6)
+    assert "return !(kvm->arch.disabled_quirks & quirk);" in git_show(
+        LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/x86.h")  # a quirk is on until disabled
+    # the 3.15 run loop: signals and rescheduling checked in __vcpu_run; a halted vCPU goes
+    # straight to kvm_vcpu_block (6.1: vcpu_block → kvm_vcpu_halt, and xfer_to_guest_mode work)
+    run3 = x86_3[x86_3.index("static int __vcpu_run(struct kvm_vcpu *vcpu)"):]
+    run3 = run3[:run3.index("\n}\n")]
+    assert "if (signal_pending(current)) {" in run3 and "if (need_resched()) {" in run3
+    assert re.search(r"else \{\n\s*srcu_read_unlock\(&kvm->srcu, vcpu->srcu_idx\);\n"
+                     r"\s*kvm_vcpu_block\(vcpu\);", run3)
+    assert "kvm_vcpu_halt" not in x86_3 and "halt_poll" not in x86_3
+    run6 = x86_6[x86_6.index("static int vcpu_run(struct kvm_vcpu *vcpu)"):]
+    run6 = run6[:run6.index("\n}\n")]
+    assert "signal_pending" not in run6 and "r = xfer_to_guest_mode_handle_work(vcpu);" in run6
+    block6 = x86_6[x86_6.index("static inline int vcpu_block(struct kvm_vcpu *vcpu)"):]
+    assert "kvm_vcpu_halt(vcpu);" in block6[:block6.index("\n}\n")]
+
+
+def test_compare_3_15_against_the_handlers_6_1_installs():
+    c = vmx.compare_3_15()
+    assert {k: len(v) for k, v in c.items()} == {"same": 25, "renamed": 12, "changed": 2}
+    same = {name for _, name, _, _ in c["same"]}
+    assert {"VMCLEAR", "VMLAUNCH", "VMPTRLD", "VMPTRST", "VMREAD", "VMRESUME", "VMWRITE",
+            "INVEPT"} <= same  # nested.c fills these slots by default, under the 3.15 names
+    renamed = {name: (old, new) for _, name, old, new in c["renamed"]}
+    assert renamed["VMON"] == ("handle_vmon", "handle_vmxon")
+    assert renamed["VMOFF"] == ("handle_vmoff", "handle_vmxoff")
+    assert [(n, old, new) for n, _, old, new in c["changed"]] == [
+        (36, "handle_invalid_op", "kvm_emulate_mwait"),
+        (39, "handle_invalid_op", "kvm_emulate_monitor")]
+    assert set(vmx.CHANGED_SINCE_3_15) == {36, 39}
+
+
+def test_mwait_and_monitor_changed_behaviour_since_3_15():
+    """3.15 gave #UD; 6.1 makes MWAIT/MONITOR a NOP unless the quirk is off and the guest's
+    CPUID lacks MWAIT."""
+    vmx_3 = git_show(LINUX_3_15, LINUX_3_15_REV, "arch/x86/kvm/vmx.c")
+    bad = vmx_3[vmx_3.index("static int handle_invalid_op(struct kvm_vcpu *vcpu)"):]
+    assert bad[:bad.index("\n}\n")].split("{", 1)[1].split() == [
+        "kvm_queue_exception(vcpu,", "UD_VECTOR);", "return", "1;"]
+    x86 = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/x86.c")
+    mm = x86[x86.index("static int kvm_emulate_monitor_mwait(struct kvm_vcpu *vcpu,"):]
+    mm = mm[:mm.index("\n}\n")]
+    assert re.search(r"if \(!kvm_check_has_quirk\(vcpu->kvm, KVM_X86_QUIRK_MWAIT_NEVER_UD_FAULTS\)"
+                     r" &&\n\s*!guest_cpuid_has\(vcpu, X86_FEATURE_MWAIT\)\)\n\s*return "
+                     r"kvm_handle_invalid_op\(vcpu\);", mm)
+    assert mm.rstrip().endswith("return kvm_emulate_as_nop(vcpu);")
+    for fn, insn in (("kvm_emulate_mwait", "MWAIT"), ("kvm_emulate_monitor", "MONITOR")):
+        body = x86[x86.index(f"int {fn}(struct kvm_vcpu *vcpu)"):]
+        assert f'return kvm_emulate_monitor_mwait(vcpu, "{insn}");' in body[:200]
+
+
+def test_handle_dr_raises_gp_at_cpl_above_0_before_any_debugger_check():
+    src = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/vmx.c")
+    body = src[src.index("static int handle_dr(struct kvm_vcpu *vcpu)"):]
+    body = body[:body.index("\n}\n")]
+    cpl = body.index("if (vmx_get_cpl(vcpu) > 0)\n\t\tgoto out;")
+    assert cpl < body.index("if (dr7 & DR7_GD) {") < body.index("if (vcpu->guest_debug == 0) {")
+    assert "int err = 1;" in body and body.rstrip().endswith("return kvm_complete_insn_gp(vcpu, err);")
+    (gp,) = [r for r in vmx.RETURNS["handle_dr"] if isinstance(r, vmx.Return)
+             and r.source.startswith("if (vmx_get_cpl")]
+    assert "before any debugger check" in gp.when
+    passes = [r for r in vmx.RETURNS["handle_dr"] if isinstance(r, vmx.Passes)]
+    assert len(passes) == 1 and "CPL > 0" not in passes[0].when
+
+
+def test_6_1_source_encls_and_the_nested_0_stub():
+    """ENCLS: vmx.c's #UD stub exists only without CONFIG_X86_SGX_KVM (Kconfig: "If unsure, say
+    N"); sgx.c's handle_encls can end in the exits OTHER_HANDLERS names."""
+    vmx_c = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/vmx.c")
+    stub = vmx_c[vmx_c.index("#ifndef CONFIG_X86_SGX_KVM\nstatic int handle_encls("):]
+    assert stub.index("#endif") < stub.index("static int handle_bus_lock_vmexit(")
+    kconfig = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/Kconfig")
+    entry = kconfig[kconfig.index("config X86_SGX_KVM"):]
+    entry = entry[:entry.index("\nconfig ")]
+    assert "default" not in entry and "If unsure, say N." in entry
+    sgx = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/sgx.c")
+    encls = sgx[sgx.index("int handle_encls(struct kvm_vcpu *vcpu)"):]
+    encls = encls[:encls.index("\n}\n")]
+    assert "vcpu->run->exit_reason = KVM_EXIT_UNKNOWN;" in encls
+    assert "return handle_encls_ecreate(vcpu);" in encls and "return handle_encls_einit(vcpu);" in encls
+    assert "__kvm_prepare_emulation_failure_exit(vcpu, data, ARRAY_SIZE(data));" in sgx
+    assert "kvm_prepare_emulation_failure_exit(vcpu);\n\t\treturn 0;" in sgx
+    ecreate = sgx[sgx.index("static int handle_encls_ecreate("):]
+    assert "return -ENOMEM;" in ecreate[:ecreate.index("\n}\n")]
+    assert "-EINVAL" in sgx and "if (ret < 0)\n\t\treturn ret;" in sgx
+    setting, handler, gives = vmx.OTHER_HANDLERS[VmxExitReason.ENCLS]
+    assert setting == "CONFIG_X86_SGX_KVM=y" and all(
+        x in gives for x in ("UNKNOWN", "INTERNAL_ERROR", "-ENOMEM", "-EINVAL"))
+    for r in vmx.NESTED_VMX_EXIT_HANDLERS:
+        assert vmx.OTHER_HANDLERS[r][:2] == ("kvm_intel.nested=0", "handle_vmx_instruction")
+    assert all(p.ret == 1 for p in vmx.exit_paths("handle_vmx_instruction"))
+    assert all(p.ret == 1 for p in vmx.exit_paths("handle_encls"))
 
 
 # --- every return path of every handler, against the 6.1 source -------------------------------
@@ -333,10 +442,12 @@ def test_6_1_source_return_path(linux_6_1, fn, k):
     if r.ret == 0 and not r.setter and not r.chain:
         assert "return 0;" in body, f"{fn}: no 'return 0;'"
     if r.ret < 0:
-        assert re.search(r"return (-E[A-Z]+|r);", body), f"{fn}: no negative return"
+        assert re.search(r"return (-E[A-Z]+|r|ret);", body), f"{fn}: no negative return"
+        if r.chain:  # the errno comes from the end of the chain
+            assert re.search(r"return -E[A-Z]+;", body_of(linux_6_1, r.chain[-1])), r.chain
 
 
-HANDLERS = sorted(set(KVM_VMX_EXIT_HANDLERS.values()))
+HANDLERS = sorted(set(KVM_VMX_EXIT_HANDLERS.values()) | set(vmx.DEFAULT_EXIT_HANDLERS.values()))
 
 
 @pytest.mark.parametrize("handler", HANDLERS)
@@ -358,7 +469,12 @@ def test_6_1_source_handler_body_is_covered(linux_6_1, handler):
     assert returned <= passes | {r.chain[0] for r in own if r.chain}, returned
     # a 0 or an errno of its own is claimed
     assert ("return 0;" in body) == any(r.ret == 0 and not r.setter for r in own)
-    assert bool(re.search(r"return (-E[A-Z]+|r);", body)) == any(r.ret < 0 for r in own)
+    looks_negative = bool(re.search(r"return (-E[A-Z]+|r|ret);", body))
+    # "return r;" after nested_vmx_get_vmptr(..., &r) hands back the 1 or 0 it stored
+    out_param = any(isinstance(r, vmx.Passes) and re.search(r"&(r|ret)\)\)$", r.source)
+                    for r in vmx.RETURNS[handler])
+    claims_negative = any(r.ret < 0 for r in own)
+    assert claims_negative == looks_negative or (looks_negative and out_param), handler
 
 
 @pytest.mark.parametrize("handler", [h for h in HANDLERS if all(
@@ -370,14 +486,21 @@ def test_6_1_source_kernel_only_handlers_return_only_1(linux_6_1, handler):
 
 
 def test_6_1_source_nested_replaces_the_vmx_instruction_entries():
-    """handle_vmx_instruction (#UD) is the table's entry; nested=1 swaps in nested.c's handlers."""
+    """handle_vmx_instruction (#UD) is the table's entry; nested=1 (the default) swaps in
+    nested.c's handlers, exactly NESTED_VMX_EXIT_HANDLERS."""
     vmx_c = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/vmx.c")
     nested = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/nested.c")
     assert "static bool __read_mostly nested = 1;" in vmx_c
-    assert "r = nested_vmx_hardware_setup(kvm_vmx_exit_handlers);" in vmx_c
-    swapped = set(re.findall(r"exit_handlers\[EXIT_REASON_(\w+)\]\s*= handle_\w+;", nested))
-    assert swapped == {r.name for r, h in KVM_VMX_EXIT_HANDLERS.items()
-                       if h == "handle_vmx_instruction"}
+    assert re.search(r"if \(nested\) \{\n[^}]*r = nested_vmx_hardware_setup\(kvm_vmx_exit_handlers\);",
+                     vmx_c)
+    setup = nested[nested.index("__init int nested_vmx_hardware_setup("):]
+    setup = setup[:setup.index("\n}\n")]
+    swapped = dict(re.findall(r"exit_handlers\[EXIT_REASON_(\w+)\]\s*= (handle_\w+);", setup))
+    assert swapped == {r.name: h for r, h in vmx.NESTED_VMX_EXIT_HANDLERS.items()}
+    assert set(swapped) == {r.name for r, h in KVM_VMX_EXIT_HANDLERS.items()
+                            if h == "handle_vmx_instruction"}
+    for h in vmx.NESTED_VMX_EXIT_HANDLERS.values():
+        assert f"static int {h}(struct kvm_vcpu *vcpu)\n{{" in nested, h
 
 
 # --- what the paths add up to -----------------------------------------------------------------
@@ -385,30 +508,101 @@ def test_6_1_source_nested_replaces_the_vmx_instruction_entries():
 def test_user_space_is_derived_from_the_paths():
     R = VmxExitReason
     u = vmx.USER_SPACE
-    assert set(u) == set(KVM_VMX_EXIT_HANDLERS)
+    assert set(u) == set(vmx.DEFAULT_EXIT_HANDLERS)
     count = {w: sorted(r.name for r in u if u[r][0] == w)
              for w in (vmx.KERNEL, vmx.USER, vmx.DEPENDS, vmx.DEBUG_OR_ERROR)}
     assert {w: len(v) for w, v in count.items()} == {
-        vmx.KERNEL: 24, vmx.USER: 2, vmx.DEPENDS: 13, vmx.DEBUG_OR_ERROR: 13}
+        vmx.KERNEL: 12, vmx.USER: 2, vmx.DEPENDS: 15, vmx.DEBUG_OR_ERROR: 23}
     assert count[vmx.USER] == ["BUS_LOCK", "TRIPLE_FAULT"]
     assert count[vmx.DEBUG_OR_ERROR] == sorted([
         "NMI_WINDOW", "TASK_SWITCH", "CPUID", "INVD", "INVLPG", "RDPMC", "DR_ACCESS",
         "MWAIT_INSTRUCTION", "MONITOR_INSTRUCTION", "PAUSE_INSTRUCTION", "WBINVD", "XSETBV",
-        "INVPCID"])
+        "INVPCID", "VMCLEAR", "VMPTRLD", "VMPTRST", "VMREAD", "VMWRITE", "VMOFF", "VMON",
+        "INVEPT", "INVVPID", "VMFUNC"])
+    # nested VMLAUNCH/VMRESUME into an L2 that starts halted: KVM_EXIT_HLT without in-kernel LAPIC
+    assert "VMLAUNCH" in count[vmx.DEPENDS] and "VMRESUME" in count[vmx.DEPENDS]
+    assert "ENCLS" in count[vmx.KERNEL] and "VMCLEAR" not in count[vmx.KERNEL]
     assert "CR_ACCESS" in count[vmx.DEPENDS] and "DR_ACCESS" not in count[vmx.KERNEL]
+    none = {vmx.CONFIG: ()}
     assert vmx.user_exits("handle_cr") == {
-        vmx.NORMAL: ("SET_TPR",), vmx.DEBUG: ("DEBUG",), vmx.ERROR: ("UNKNOWN", "errno")}
-    assert vmx.user_exits("handle_dr") == {vmx.NORMAL: (), vmx.DEBUG: ("DEBUG",), vmx.ERROR: ()}
+        vmx.NORMAL: ("SET_TPR",), vmx.DEBUG: ("DEBUG",), vmx.ERROR: ("UNKNOWN", "errno"), **none}
+    assert vmx.user_exits("handle_dr") == {vmx.NORMAL: (), vmx.DEBUG: ("DEBUG",), vmx.ERROR: (),
+                                           **none}
     assert vmx.user_exits("handle_task_switch")[vmx.ERROR] == ("INTERNAL_ERROR",)
     assert vmx.user_exits("handle_io")[vmx.NORMAL] == ("IO", "MMIO")
     assert vmx.user_exits("handle_desc")[vmx.NORMAL] == ("MMIO",)
     assert vmx.user_exits("kvm_emulate_hypercall")[vmx.NORMAL] == ("HYPERCALL", "HYPERV", "XEN")
+    assert vmx.user_exits("handle_vmxon") == {
+        vmx.NORMAL: (), vmx.DEBUG: ("DEBUG",), vmx.ERROR: ("INTERNAL_ERROR", "errno"), **none}
     assert u[R.CPUID] == (vmx.DEBUG_OR_ERROR, "debug: DEBUG")
     # the EMULTYPE_SKIP failure is only EPT_MISCONFIG's
     skip_fail = [p for p in vmx.exit_paths("handle_ept_misconfig")
                  if "skip_emulated_instruction" in p.via and p.exit == "KVM_EXIT_INTERNAL_ERROR"]
     assert len(skip_fail) == 1
     assert not any("skip_emulated_instruction" in p.via for p in vmx.exit_paths("handle_invlpg"))
+
+
+def test_exception_nmi_reaches_user_space_by_default_only_through_movbe():
+    """With default settings #UD (an EmulateOnUD instruction such as MOVBE) is the only way from
+    EXCEPTION_NMI to a normal user exit; the rest needs a module parameter or vm86 real mode."""
+    ex = vmx.user_exits("handle_exception_nmi")
+    assert ex == {vmx.NORMAL: ("MMIO",), vmx.DEBUG: ("DEBUG",),
+                  vmx.ERROR: ("EXCEPTION", "INTERNAL_ERROR"),
+                  vmx.CONFIG: ("HLT", "IO", "X86_RDMSR", "X86_WRMSR", "errno")}
+    assert vmx.config_exits("handle_exception_nmi") == {
+        "kvm.enable_vmware_backdoor=1": ("IO",),
+        "kvm.force_emulation_prefix=1": ("IO", "X86_RDMSR", "X86_WRMSR"),
+        "kvm_intel.ept=0": ("errno",),
+        "kvm_intel.unrestricted_guest=0": ("HLT", "IO", "X86_RDMSR", "X86_WRMSR")}
+    (mmio,) = [p for p in vmx.exit_paths("handle_exception_nmi")
+               if p.kind == vmx.NORMAL and p.exit == "KVM_EXIT_MMIO"]
+    assert mmio.via[:2] == ("handle_exception_nmi", "handle_ud") and "MOVBE" in mmio.when
+    assert "EmulateOnUD" in mmio.when and "cannot decode" not in mmio.when
+    # every config a path names is a module parameter of MODULE_DEFAULTS, set the other way
+    params = {k.split("=")[0] for k in vmx.MODULE_DEFAULTS}
+    for fn in vmx.RETURNS:
+        for p in vmx.exit_paths(fn):
+            assert (p.kind == vmx.CONFIG) == bool(p.config), p
+            for c in filter(None, p.config.split(", ")):
+                name, value = c.split("=")
+                assert name in params and f"{name}={value}" not in vmx.MODULE_DEFAULTS, c
+    io = next(p for p in vmx.exit_paths("handle_exception_nmi") if p.exit == "KVM_EXIT_IO")
+    assert str(io).split()[2:5] == ["KVM_EXIT_IO", "config", "[kvm.force_emulation_prefix=1]"]
+
+
+def test_6_1_source_module_defaults_and_where_the_config_paths_are_taken():
+    src = {f: git_show(LINUX_6_1, LINUX_6_1_REV, f) for f in (
+        "arch/x86/kvm/x86.c", "arch/x86/kvm/vmx/vmx.c", "arch/x86/kvm/vmx/vmx.h",
+        "arch/x86/kvm/emulate.c", "arch/x86/kvm/mmu/mmu.c")}
+    for setting, (path, line) in vmx.MODULE_DEFAULTS.items():
+        assert line in src[path], setting
+        module, name = setting.split("=")[0].split(".")
+        where = src["arch/x86/kvm/x86.c" if module == "kvm" else "arch/x86/kvm/vmx/vmx.c"]
+        assert re.search(rf"module_param(_named)?\({name},", where), setting
+    vmx_c, x86 = src["arch/x86/kvm/vmx/vmx.c"], src["arch/x86/kvm/x86.c"]
+    nmi = vmx_c[vmx_c.index("static int handle_exception_nmi(struct kvm_vcpu *vcpu)"):]
+    nmi = nmi[:nmi.index("\n}\n")]
+    # #GP is intercepted only for the VMware backdoor; #PF reaches the MMU only without EPT;
+    # handle_rmode_exception only in vm86 mode
+    assert "WARN_ON_ONCE(!enable_vmware_backdoor);" in nmi
+    assert re.search(r"if \(enable_ept && !vcpu->arch.apf.host_apf_flags\) \{[^}]*return 1;\n"
+                     r"\t\t\} else\n\t\t\treturn kvm_handle_page_fault", nmi)
+    assert "if (vmx->rmode.vm86_active && rmode_exception(vcpu, ex_no))" in nmi
+    assert "return is_unrestricted_guest(vcpu) || __vmx_guest_state_valid(vcpu);" in \
+        src["arch/x86/kvm/vmx/vmx.h"]
+    assert "if (unlikely(allow_smaller_maxphyaddr && kvm_vcpu_is_illegal_gpa(vcpu, gpa)))" in vmx_c
+    ud = x86[x86.index("int handle_ud(struct kvm_vcpu *vcpu)"):]
+    ud = ud[:ud.index("\n}\n")]
+    assert "int fep_flags = READ_ONCE(force_emulation_prefix);" in ud and "if (fep_flags &&" in ud
+    # EMULTYPE_TRAP_UD emulates only EmulateOnUD instructions: MOVBE is one, IN/OUT/RDMSR/WRMSR
+    # (the emulator's only ways to KVM_EXIT_IO / X86_RDMSR / X86_WRMSR) are not
+    emu = src["arch/x86/kvm/emulate.c"]
+    assert re.search(r"if \(unlikely\(emulation_type & EMULTYPE_TRAP_UD\) &&\n\s*"
+                     r"likely\(!\(ctxt->d & EmulateOnUD\)\)\)\n\s*return EMULATION_FAILED;", emu)
+    assert "GP(EmulateOnUD | ModRM, &three_byte_0f_38_f0)," in emu
+    table_lines = [ln for ln in emu.splitlines() if re.search(r"\bem_(in|out|rdmsr|wrmsr)\b", ln)
+                   and ("I2bvIP(" in ln or "II(" in ln)]
+    assert len(table_lines) == 8 and not any("EmulateOnUD" in ln for ln in table_lines)
 
 
 def test_set_tpr_path_names_its_condition():
@@ -423,13 +617,22 @@ def test_set_tpr_path_names_its_condition():
 
 def test_user_space_table_is_counted_from_the_paths():
     t = vmx.user_space_table().splitlines()
-    assert t[0] == "15 of 52 entries can end in user space in normal use:"
-    rows = {line.split()[1]: line for line in t[2:17]}
+    assert t[0] == ("17 of 52 entries can end in user space in normal use (default settings, "
+                    "kvm_intel.nested=1):")
+    rows = {line.split()[1]: line for line in t[2:19]}
     assert set(rows) == {r.name for r, (w, _) in vmx.USER_SPACE.items()
                          if w in (vmx.USER, vmx.DEPENDS)}
     assert rows["CR_ACCESS"].split()[2:] == ["handle_cr", "SET_TPR", "DEBUG,", "UNKNOWN,", "errno"]
     assert rows["TRIPLE_FAULT"].split()[2:] == ["handle_triple_fault", "SHUTDOWN"]
-    rest = " ".join(t[17:])
-    assert rest.startswith("13 reach user space only under a debugger or on a failure: NMI_WINDOW,")
-    assert "DR_ACCESS" in rest and "24 never do: every path returns 1: EXTERNAL_INTERRUPT," in rest
-    assert all(len(line) <= 120 and line == line.rstrip() for line in t)
+    assert rows["EXCEPTION_NMI"].split()[2:] == ["handle_exception_nmi", "MMIO", "DEBUG,",
+                                                 "EXCEPTION,", "INTERNAL_ERROR"]
+    assert rows["VMLAUNCH"].split()[2:4] == ["handle_vmlaunch", "HLT"]
+    rest = " ".join(t[19:])
+    assert rest.startswith("23 reach user space only under a debugger or on a failure: NMI_WINDOW,")
+    assert "DR_ACCESS" in rest and "12 never do: every path returns 1: EXTERNAL_INTERRUPT," in rest
+    config = rest[rest.index("Only with a setting other than the default:"):]
+    assert "0 EXCEPTION_NMI kvm.enable_vmware_backdoor=1: IO" in " ".join(config.split())
+    assert "kvm_intel.unrestricted_guest=0: HLT, IO, X86_RDMSR, X86_WRMSR" in config
+    assert "kvm_intel.nested=0: VMCLEAR, VMLAUNCH," in config and "handle_vmx_instruction" in config
+    assert "CONFIG_X86_SGX_KVM=y: ENCLS → handle_encls of vmx/sgx.c" in config
+    assert all(len(line) <= 110 and line == line.rstrip() for line in t)

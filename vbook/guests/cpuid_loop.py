@@ -12,6 +12,10 @@ IO out 0xe0/4 (03 00 00 00), HLT.
 
 :func:`timing_guest` builds the same program with other counts — rounds of
 *n* CPUIDs and one OUT — to time the two kinds of exit on a real host.
+What :func:`measure` then times depends on the host: on VMX or SVM a CPUID
+is a VM exit KVM handles itself; on PVM (no VMX/SVM, every ring-0 guest
+instruction runs in KVM's instruction emulator) no CPUID leaves the guest,
+so its figure is the cost of emulating one pass of the CPUID loop.
 """
 
 from __future__ import annotations
@@ -101,21 +105,43 @@ def timing_guest(cpuids: int, rounds: int) -> Guest:
     )
 
 
+#: instructions of one pass of the CPUID loop: mov eax / xor ecx / cpuid / dec esi / jnz
+LOOP_PASS = 5
+
+
 @dataclass(frozen=True)
 class Timing:
-    """What a VM exit cost on a backend, measured with :func:`measure` (seconds per exit)."""
+    """What one OUT and one CPUID cost on a backend, measured with :func:`measure` (seconds).
+
+    ``host`` is the kind of KVM host (:func:`vbook.host.detect`: "VMX", "SVM",
+    "PVM", "other") for the KVM backend, "" otherwise; it decides what
+    ``kernel_exit`` is: a CPUID VM exit KVM handles itself (VMX, SVM), or on
+    PVM one pass of the CPUID loop run in KVM's instruction emulator, with no
+    VM exit at all.
+    """
 
     backend: str
     user_exit: float  #: an OUT: KVM_RUN returns to user space and is called again
-    kernel_exit: float  #: a CPUID: KVM answers and re-enters the guest
+    kernel_exit: float  #: a CPUID (and the loop around it) that stays in the kernel
     user_exits: int
     kernel_exits: int
+    host: str = ""
 
     def __str__(self) -> str:
-        return (f"on {self.backend}: exit to user space and back {self.user_exit * 1e6:.2f} µs "
-                f"({1 / self.user_exit:,.0f}/s, {self.user_exits:,} OUTs); exit handled in the "
-                f"kernel {self.kernel_exit * 1e6:.2f} µs ({self.kernel_exits:,} CPUIDs); "
-                f"ratio {self.user_exit / self.kernel_exit:.1f}")
+        where = f"{self.backend}, a {self.host} host" if self.host else self.backend
+        user = (f"exit to user space and back {self.user_exit * 1e6:.2f} µs "
+                f"({1 / self.user_exit:,.0f}/s, {self.user_exits:,} OUTs)")
+        us = f"{self.kernel_exit * 1e6:.2f} µs"
+        if self.host == "PVM":
+            kernel = (f"one CPUID loop pass in KVM's emulator ({LOOP_PASS} instructions, no "
+                      f"VM exit) {us} ({self.kernel_exits:,} passes)")
+        elif self.host in ("VMX", "SVM"):
+            kernel = f"CPUID exit handled in the kernel {us} ({self.kernel_exits:,} CPUIDs)"
+        else:
+            kernel = f"per CPUID {us} ({self.kernel_exits:,} CPUIDs)"
+        ratio = (f"ratio {self.user_exit / self.kernel_exit:.1f}" if self.kernel_exit
+                 else "ratio -")
+        return f"on {where}:\n  {user};\n  {kernel};\n  {ratio}"
 
 
 def measure(backend: str = "kvm", outs: int = 20_000, cpuids: int = 50,
@@ -124,11 +150,13 @@ def measure(backend: str = "kvm", outs: int = 20_000, cpuids: int = 50,
 
     ``outs`` OUT exits alone give the round trip to user space; ``rounds`` ×
     (``cpuids`` CPUIDs + 1 OUT) minus ``rounds`` round trips, divided by the
-    CPUIDs, gives one exit KVM handles itself.
+    CPUIDs, gives one CPUID that stays in the kernel: a VM exit KVM handles on
+    VMX or SVM, one emulated pass of the loop on PVM (see :class:`Timing`).
     """
     import time
 
     from vbook.backends import open_vcpu
+    from vbook.host import detect
 
     def seconds(guest: Guest) -> float:
         with open_vcpu(guest, backend, timeout=30.0) as vcpu:
@@ -140,7 +168,8 @@ def measure(backend: str = "kvm", outs: int = 20_000, cpuids: int = 50,
     per_user = seconds(timing_guest(0, outs)) / outs
     mixed = seconds(timing_guest(cpuids, rounds))
     per_kernel = max(mixed - rounds * per_user, 0.0) / (cpuids * rounds)
-    return Timing(backend, per_user, per_kernel, outs + rounds, cpuids * rounds)
+    host = detect().kind if backend == "kvm" else ""
+    return Timing(backend, per_user, per_kernel, outs + rounds, cpuids * rounds, host)
 
 
 GUEST = Guest(

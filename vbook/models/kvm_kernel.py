@@ -29,11 +29,14 @@ a :class:`KvmConfig`:
 
 * ``irqchip`` — ``KVM_CREATE_IRQCHIP``: the local APIC is in the kernel, so
   ``HLT`` makes the vCPU sleep in ``vcpu_block`` → ``kvm_vcpu_halt`` →
-  ``kvm_vcpu_block`` instead of returning ``KVM_EXIT_HLT``; the PIC (ports
-  0x20–0x21, 0xa0–0xa1, 0x4d0–0x4d1 on ``KVM_PIO_BUS``, i8259.c) and the
-  IOAPIC (0xfec00000, 0x100 bytes on ``KVM_MMIO_BUS``, ioapic.c) answer in the
-  kernel; a ``MOV`` to CR8 that lowers the TPR returns ``KVM_EXIT_SET_TPR``
-  only without it;
+  ``kvm_vcpu_block`` instead of returning ``KVM_EXIT_HLT``; the LAPIC's
+  register page (0xfee00000, 4 KiB: ``vcpu_mmio_write``/``vcpu_mmio_read`` ask
+  it before ``KVM_MMIO_BUS``, lapic.c), the PIC (ports 0x20–0x21, 0xa0–0xa1,
+  0x4d0–0x4d1 on ``KVM_PIO_BUS``, i8259.c) and the IOAPIC (0xfec00000, 0x100
+  bytes on ``KVM_MMIO_BUS``, ioapic.c) answer in the kernel; a ``MOV`` to CR8
+  that lowers the TPR returns ``KVM_EXIT_SET_TPR`` only without it. The LAPIC
+  is modelled as after reset: enabled, xAPIC mode, at its default base (a
+  guest that moves it, or switches to x2APIC, is not);
 * ``pit`` — ``KVM_CREATE_PIT2``: the i8254 PIT answers ports 0x40–0x43 on
   ``KVM_PIO_BUS`` in the kernel (i8254.c ``kvm_create_pit``; the speaker port
   0x61 only with ``KVM_PIT_SPEAKER_DUMMY``, which QEMU does not pass);
@@ -43,11 +46,17 @@ a :class:`KvmConfig`:
   ``KVM_FAST_MMIO_BUS``, which ``handle_ept_misconfig`` checks before any
   instruction emulation;
 * ``hypercall_exit_enabled`` — ``KVM_CAP_EXIT_HYPERCALL``: ``KVM_HC_MAP_GPA_RANGE``
-  goes to user space (:mod:`vbook.models.hypercall`).
+  goes to user space (:mod:`vbook.models.hypercall`);
+* ``disabled_quirks`` — ``KVM_CAP_DISABLE_QUIRKS``: every quirk is on until user
+  space disables it; the one modelled is ``KVM_X86_QUIRK_OUT_7E_INC_RIP`` (an OUT to
+  port 0x7e that goes to user space has RIP past it already).
 
 Not modelled: what makes exits asynchronous (host interrupts, the
 preemption timer, signals, requests from other vCPUs), nested VMX, user-space
-MSR exits, the split irqchip, guest debugging (``KVM_SET_GUEST_DEBUG``) and
+MSR exits, the split irqchip, guest debugging (``KVM_SET_GUEST_DEBUG``), the
+APIC-access page (on VMX hardware with "virtualize APIC accesses" an access to
+the LAPIC page is an APIC_ACCESS exit; here it is the EPT exit of a host
+without it, answered by the same ``apic_mmio_*``) and
 the failure paths of the handlers — :func:`vbook.models.vmx.exit_paths` lists
 them all; here a handler whose only ways to user space are those
 (``vmx.USER_SPACE`` "debug/error") returns 1. An exit reason with no handler
@@ -58,7 +67,7 @@ handled reason whose handler this model does not simulate raises
 
 Read in the v6.1-rc7 tree (krr-io/linux-6.1.0, commit 7c210bc38):
 virt/kvm/kvm_main.c, virt/kvm/eventfd.c, arch/x86/kvm/x86.c, cpuid.c,
-mmu/mmu.c, i8259.c, i8254.c, ioapic.c, vmx/vmx.c. Pure and deterministic;
+mmu/mmu.c, i8259.c, i8254.c, ioapic.c, lapic.c, vmx/vmx.c, vmx/nested.c. Pure and deterministic;
 nothing is printed.
 """
 
@@ -100,7 +109,8 @@ FILES: Mapping[str, str] = MappingProxyType({
         "kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "vcpu_block",
         "kvm_fast_pio", "kvm_fast_pio_out", "kvm_fast_pio_in", "emulator_pio_out",
         "emulator_pio_in", "emulator_pio_in_out",
-        "complete_fast_pio_out", "complete_fast_pio_in", "complete_emulated_mmio",
+        "complete_fast_pio_out", "complete_fast_pio_out_port_0x7e", "complete_fast_pio_in",
+        "complete_emulated_mmio",
         "complete_emulated_pio", "complete_hypercall_exit", "kvm_skip_emulated_instruction",
         "kvm_emulate_halt", "__kvm_emulate_halt", "kvm_emulate_instruction",
         "x86_emulate_instruction", "emulator_read_write", "vcpu_mmio_write", "vcpu_mmio_read",
@@ -114,6 +124,7 @@ FILES: Mapping[str, str] = MappingProxyType({
         "vmx_vcpu_run", "vmx_exit_handlers_fastpath", "vmx_handle_exit_irqoff",
         "vmx_handle_exit", "__vmx_handle_exit", "handle_set_cr0", "handle_set_cr4",
         *(f for f in vmx.KVM_VMX_EXIT_HANDLERS.values() if f.startswith("handle_")))},
+    **{f: "arch/x86/kvm/vmx/nested.c" for f in vmx.NESTED_VMX_EXIT_HANDLERS.values()},
     "__vmx_vcpu_run": "arch/x86/kvm/vmx/vmenter.S",
     "kvm_emulate_cpuid": "arch/x86/kvm/cpuid.c",
     "kvm_cpuid": "arch/x86/kvm/cpuid.c",
@@ -128,6 +139,8 @@ FILES: Mapping[str, str] = MappingProxyType({
     "pit_ioport_read": "arch/x86/kvm/i8254.c",
     "ioapic_mmio_write": "arch/x86/kvm/ioapic.c",
     "ioapic_mmio_read": "arch/x86/kvm/ioapic.c",
+    "apic_mmio_write": "arch/x86/kvm/lapic.c",
+    "apic_mmio_read": "arch/x86/kvm/lapic.c",
 })
 
 #: user space's side of each user exit: what QEMU 9.2.4's ``kvm_cpu_exec`` calls
@@ -157,6 +170,11 @@ PIC_PORTS: tuple[tuple[int, int, str, str], ...] = (
 #: KVM_PIT_BASE_ADDRESS 0x40, KVM_PIT_MEM_LENGTH 4), same shape as PIC_PORTS
 PIT_PORTS: tuple[tuple[int, int, str, str], ...] = ((0x40, 4, "i8254 PIT", "pit_ioport"),)
 IOAPIC_BASE, IOAPIC_LEN = 0xFEC00000, 0x100
+#: the in-kernel LAPIC's register page: APIC_DEFAULT_PHYS_BASE (asm/apicdef.h), where
+#: kvm_lapic_reset puts it, and LAPIC_MMIO_LENGTH (lapic.c ``apic_mmio_in_range``)
+APIC_DEFAULT_PHYS_BASE, LAPIC_MMIO_LENGTH = 0xFEE00000, 1 << 12
+#: ``KVM_X86_QUIRK_OUT_7E_INC_RIP`` — arch/x86/include/uapi/asm/kvm.h (Linux 6.1)
+KVM_X86_QUIRK_OUT_7E_INC_RIP = 1 << 3
 
 _U32 = 2**32 - 1
 
@@ -181,6 +199,9 @@ class Ioeventfd:
         if self.len not in (0, 1, 2, 4, 8):
             raise KernelModelError(f"KVM_IOEVENTFD len must be 0, 1, 2, 4 or 8 (eventfd.c "
                                    f"kvm_assign_ioeventfd: -EINVAL), got {self.len!r}")
+        if not self.len and self.datamatch is not None:
+            raise KernelModelError("KVM_IOEVENTFD: len 0 cannot have a datamatch "
+                                   "(kvm_assign_ioeventfd: -EINVAL)")
         limit = 0xFFFF if self.pio else 2**64 - 1
         if isinstance(self.addr, bool) or not isinstance(self.addr, int) \
                 or not 0 <= self.addr <= limit:
@@ -211,15 +232,17 @@ class KvmConfig:
     ``ioeventfds`` takes :class:`Ioeventfd` objects or plain port numbers
     (a PIO ioeventfd of any size). ``hypercall_exit_enabled`` is the
     ``KVM_CAP_EXIT_HYPERCALL`` mask (bit 12: ``KVM_HC_MAP_GPA_RANGE``);
-    ``pit`` is ``KVM_CREATE_PIT2``. The default is a bare VM as vbook's
-    backends make it: nothing in the kernel, every port and MMIO access and
-    HLT goes to user space.
+    ``pit`` is ``KVM_CREATE_PIT2``; ``disabled_quirks`` the mask of
+    ``KVM_CAP_DISABLE_QUIRKS`` (``kvm->arch.disabled_quirks``). The default is a
+    bare VM as vbook's backends make it: nothing in the kernel, every port and
+    MMIO access and HLT goes to user space.
     """
 
     irqchip: bool = False
     ioeventfds: tuple[Ioeventfd, ...] = ()
     hypercall_exit_enabled: int = 0
     pit: bool = False
+    disabled_quirks: int = 0
 
     def __post_init__(self) -> None:
         evs = []
@@ -232,9 +255,14 @@ class KvmConfig:
                 raise KernelModelError(f"ioeventfds: expected an Ioeventfd or a port number, "
                                        f"got {ev!r}")
         object.__setattr__(self, "ioeventfds", tuple(evs))
-        if not isinstance(self.hypercall_exit_enabled, int) or self.hypercall_exit_enabled < 0:
-            raise KernelModelError("hypercall_exit_enabled must be a non-negative mask, got "
-                                   f"{self.hypercall_exit_enabled!r}")
+        for name in ("hypercall_exit_enabled", "disabled_quirks"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise KernelModelError(f"{name} must be a non-negative mask, got {v!r}")
+
+    def has_quirk(self, quirk: int) -> bool:
+        """x86.h ``kvm_check_has_quirk``: a quirk is on unless user space disabled it."""
+        return not self.disabled_quirks & quirk
 
     @classmethod
     def qemu(cls, ioeventfds: Iterable[Ioeventfd | int] = ()) -> KvmConfig:
@@ -260,7 +288,12 @@ class KvmConfig:
         return None
 
     def mmio_device(self, gpa: int, size: int, is_write: bool, value: int | None) -> str | None:
-        """The in-kernel device on ``KVM_MMIO_BUS`` that takes this access, or None."""
+        """The in-kernel device that takes this access, or None: the local APIC first
+        (``vcpu_mmio_write``/``read`` try ``vcpu->arch.apic->dev`` when
+        ``lapic_in_kernel``), then ``KVM_MMIO_BUS``."""
+        if self.irqchip and APIC_DEFAULT_PHYS_BASE <= gpa < APIC_DEFAULT_PHYS_BASE + \
+                LAPIC_MMIO_LENGTH:
+            return "local APIC"
         if is_write:
             for ev in self.ioeventfds:
                 if not ev.pio and ev.matches(gpa, size, value):
@@ -283,13 +316,16 @@ class KvmConfig:
         parts += [str(ev) for ev in self.ioeventfds]
         if self.hypercall_exit_enabled:
             parts.append(f"KVM_CAP_EXIT_HYPERCALL {self.hypercall_exit_enabled:#x}")
+        if self.disabled_quirks:
+            parts.append(f"KVM_CAP_DISABLE_QUIRKS {self.disabled_quirks:#x}")
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"irqchip": self.irqchip,
                 "ioeventfds": [{"addr": e.addr, "len": e.len, "pio": e.pio,
                                 "datamatch": e.datamatch} for e in self.ioeventfds],
-                "hypercall_exit_enabled": self.hypercall_exit_enabled, "pit": self.pit}
+                "hypercall_exit_enabled": self.hypercall_exit_enabled, "pit": self.pit,
+                "disabled_quirks": self.disabled_quirks}
 
 
 # --- CPUID: the table KVM answers from ---------------------------------------------------
@@ -685,6 +721,12 @@ def _handle_io(ex: VmExit, cfg: KvmConfig) -> _Outcome:
             calls.append((6, f"{fn}_{'read' if q.in_ else 'write'}", dev))
         calls.append((1, "kvm_skip_emulated_instruction", "RIP past the instruction"))
         return _Outcome(calls, 1, note=f"{dev} took it in the kernel")
+    if not q.in_ and q.port == 0x7E and cfg.has_quirk(KVM_X86_QUIRK_OUT_7E_INC_RIP):
+        calls.append((3, "kvm_skip_emulated_instruction", "port 0x7e, "
+                         "KVM_X86_QUIRK_OUT_7E_INC_RIP: RIP past the OUT before the exit"))
+        return _Outcome(calls, 0, [_io_exit(direction, q.size, q.port, count, data)],
+                        _Pending("complete_fast_pio_out_port_0x7e", [],
+                                 "pio.count = 0; RIP is past the OUT already"))
     completion = "complete_fast_pio_in" if q.in_ else "complete_fast_pio_out"
     what = ("put user space's answer in RAX, skip the IN" if q.in_
             else "skip the OUT (RIP += length)")
@@ -734,12 +776,16 @@ def _handle_mmio(ex: VmExit, cfg: KvmConfig, first: bool) -> _Outcome:
         dev = cfg.mmio_device(a["gpa"], a["len"], is_write, _value(a.get("data", "")))
         if dev:
             taken.append(dev)
-            calls.append((3, "vcpu_mmio_write" if is_write else "vcpu_mmio_read",
-                          f"{a['gpa']:#x}: KVM_MMIO_BUS, taken by {dev}"))
+            rw = "write" if is_write else "read"
+            where = "lapic_in_kernel: the LAPIC" if dev == "local APIC" else "KVM_MMIO_BUS"
+            calls.append((3, f"vcpu_mmio_{rw}", f"{a['gpa']:#x}: {where}, taken by {dev}"))
             if dev.startswith("ioeventfd"):
                 calls.append((4, "ioeventfd_write", "eventfd_signal"))
+            elif dev == "local APIC":
+                calls.append((4, f"apic_mmio_{rw}",
+                              f"register {a['gpa'] - APIC_DEFAULT_PHYS_BASE:#x}"))
             else:
-                calls.append((4, "ioapic_mmio_write" if is_write else "ioapic_mmio_read", dev))
+                calls.append((4, f"ioapic_mmio_{rw}", dev))
         else:
             if not user:
                 calls += [(3, "vcpu_mmio_write" if is_write else "vcpu_mmio_read",
@@ -1051,7 +1097,9 @@ def destinations(run: KernelRun) -> list[tuple[str, str, int]]:
 
 
 __all__ = [
-    "CPUID_TABLE", "FILES", "FINAL", "KVM_CPUID_FEATURES", "PIC_PORTS", "PIT_PORTS", "KVM_CPUID_SIGNATURE",
+    "APIC_DEFAULT_PHYS_BASE", "CPUID_TABLE", "FILES", "FINAL", "KVM_CPUID_FEATURES",
+    "KVM_X86_QUIRK_OUT_7E_INC_RIP", "LAPIC_MMIO_LENGTH", "PIC_PORTS", "PIT_PORTS",
+    "KVM_CPUID_SIGNATURE",
     "KVM_SIGNATURE", "KVM_SUPPORTED_PV_FEATURES", "QEMU_HANDLERS", "CpuidEntry", "ExitStep",
     "Ioeventfd", "RoundTrip", "KernelModelError", "KernelRun", "KvmConfig", "KvmInternalError",
     "UserExit", "VmExit", "as_vm_exit", "destinations", "kvm_cpuid", "kvm_run",

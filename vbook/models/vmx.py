@@ -14,17 +14,24 @@ handler answers with the same convention:
   (a ``KVM_EXIT_*``) and ``KVM_RUN`` returns 0;
 * **< 0** — an error: ``KVM_RUN`` fails with that errno.
 
-This module holds that table as data (:data:`KVM_VMX_EXIT_HANDLERS`), the
-basic reasons (:class:`VmxExitReason`, pinned to the uapi header by a C
-oracle test), every way each handler can end (:data:`RETURNS`, followed
-into its callees by :func:`exit_paths`: return value, ``KVM_EXIT_*``,
-condition, each checked against the kernel source by a test), which
-reasons can therefore reach user space (:data:`USER_SPACE`, derived from
-them), the 3.15 table for comparison (:data:`KVM_VMX_EXIT_HANDLERS_3_15`),
-and the I/O exit qualification ``handle_io`` decodes (:class:`IoQualification`).
+This module holds that table as data (:data:`KVM_VMX_EXIT_HANDLERS` as
+vmx.c writes it, :data:`DEFAULT_EXIT_HANDLERS` as ``hardware_setup`` leaves
+it with the default ``kvm_intel.nested=1``), the basic reasons
+(:class:`VmxExitReason`, pinned to the uapi header by a C oracle test),
+every way each handler can end (:data:`RETURNS`, followed into its callees
+by :func:`exit_paths`: return value, ``KVM_EXIT_*``, condition, each checked
+against the kernel source by a test), which reasons can therefore reach user
+space (:data:`USER_SPACE`, derived from them), the 3.15 table for comparison
+(:data:`KVM_VMX_EXIT_HANDLERS_3_15`, :func:`compare_3_15`), and the I/O exit
+qualification ``handle_io`` decodes (:class:`IoQualification`).
 
-Sources: arch/x86/include/uapi/asm/vmx.h, arch/x86/kvm/vmx/vmx.c (and, for
-the return paths, x86.c, cpuid.c, mmu/mmu.c, hyperv.c, xen.c) of the
+"Default" means a host with EPT and unrestricted guest, the kvm and
+kvm_intel module parameters at their defaults (:data:`MODULE_DEFAULTS`) and
+a kernel built without ``CONFIG_X86_SGX_KVM`` (its Kconfig default). A path
+that needs anything else is kind CONFIG and names the setting.
+
+Sources: arch/x86/include/uapi/asm/vmx.h, arch/x86/kvm/vmx/vmx.c, vmx/nested.c
+(and, for the return paths, x86.c, cpuid.c, mmu/mmu.c, hyperv.c, xen.c) of the
 v6.1-rc7 tree (krr-io/linux-6.1.0 commit 7c210bc38, unmodified), the same
 uapi header as installed by linux-libc-dev 6.1.187; arch/x86/kvm/vmx.c of a
 Linux 3.15.5 tree (pradeep0605/CS736_Eager_paging_linux-3.15.5, base commit
@@ -174,10 +181,10 @@ _R = VmxExitReason
 
 #: ``kvm_vmx_exit_handlers[]`` of arch/x86/kvm/vmx/vmx.c (Linux 6.1): basic exit
 #: reason → the function ``__vmx_handle_exit`` calls. A reason that is not a key
-#: has no entry (NULL): KVM treats it as an unexpected exit. (With
-#: ``kvm_intel.nested=1``, the default, ``hardware_setup`` replaces the twelve
-#: ``handle_vmx_instruction`` entries by nested.c's ``handle_vmclear`` … ; this
-#: is the array as vmx.c writes it.)
+#: has no entry (NULL): KVM treats it as an unexpected exit. This is the array
+#: as vmx.c writes it; with ``kvm_intel.nested=1``, the default,
+#: ``hardware_setup`` replaces its twelve ``handle_vmx_instruction`` entries
+#: (:data:`NESTED_VMX_EXIT_HANDLERS`, :data:`DEFAULT_EXIT_HANDLERS`).
 KVM_VMX_EXIT_HANDLERS: Mapping[VmxExitReason, str] = MappingProxyType({
     _R.EXCEPTION_NMI: "handle_exception_nmi",
     _R.EXTERNAL_INTERRUPT: "handle_external_interrupt",
@@ -238,6 +245,61 @@ KVM_VMX_EXIT_HANDLERS: Mapping[VmxExitReason, str] = MappingProxyType({
 #: goes straight to ``unexpected_vmexit``.
 KVM_VMX_MAX_EXIT_HANDLERS = max(KVM_VMX_EXIT_HANDLERS) + 1
 
+#: ``nested_vmx_hardware_setup`` (arch/x86/kvm/vmx/nested.c), which
+#: ``hardware_setup`` calls ``if (nested)``: the slots it fills with nested
+#: VMX's own handlers (VMXON, VMCLEAR … for a guest that runs its own
+#: hypervisor). With ``kvm_intel.nested=0`` they keep ``handle_vmx_instruction``.
+NESTED_VMX_EXIT_HANDLERS: Mapping[VmxExitReason, str] = MappingProxyType({
+    _R.VMCLEAR: "handle_vmclear",
+    _R.VMLAUNCH: "handle_vmlaunch",
+    _R.VMPTRLD: "handle_vmptrld",
+    _R.VMPTRST: "handle_vmptrst",
+    _R.VMREAD: "handle_vmread",
+    _R.VMRESUME: "handle_vmresume",
+    _R.VMWRITE: "handle_vmwrite",
+    _R.VMOFF: "handle_vmxoff",
+    _R.VMON: "handle_vmxon",
+    _R.INVEPT: "handle_invept",
+    _R.INVVPID: "handle_invvpid",
+    _R.VMFUNC: "handle_vmfunc",
+})
+
+#: ``kvm_vmx_exit_handlers[]`` as ``hardware_setup`` leaves it with the default
+#: module parameters: vmx.c's array with :data:`NESTED_VMX_EXIT_HANDLERS` in
+#: their slots. These are the handlers that run; :data:`USER_SPACE` is counted
+#: from them.
+DEFAULT_EXIT_HANDLERS: Mapping[VmxExitReason, str] = MappingProxyType(
+    {**KVM_VMX_EXIT_HANDLERS, **NESTED_VMX_EXIT_HANDLERS})
+
+#: The module parameters the return paths depend on, at their defaults, and the
+#: line of Linux 6.1 that defines each (a test reads it, and the module_param of
+#: kvm in x86.c or of kvm_intel in vmx/vmx.c): name → (file, line).
+MODULE_DEFAULTS: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "kvm_intel.ept=1": ("arch/x86/kvm/vmx/vmx.c", "bool __read_mostly enable_ept = 1;"),
+    "kvm_intel.unrestricted_guest=1": (
+        "arch/x86/kvm/vmx/vmx.c", "bool __read_mostly enable_unrestricted_guest = 1;"),
+    "kvm_intel.nested=1": ("arch/x86/kvm/vmx/vmx.c", "static bool __read_mostly nested = 1;"),
+    "kvm.enable_vmware_backdoor=0": (
+        "arch/x86/kvm/x86.c", "bool __read_mostly enable_vmware_backdoor = false;"),
+    "kvm.force_emulation_prefix=0": (
+        "arch/x86/kvm/x86.c", "static int __read_mostly force_emulation_prefix;"),
+    "kvm_intel.allow_smaller_maxphyaddr=0": (  # module_param in vmx.c; 1 with ept=0
+        "arch/x86/kvm/x86.c", "bool __read_mostly allow_smaller_maxphyaddr = 0;"),
+})
+
+#: Slots that hold another handler under a non-default host setting: reason →
+#: (the setting, that handler, what it can give user space). Read in the source
+#: (vmx.c ``handle_vmx_instruction``; vmx/sgx.c ``handle_encls``, built only with
+#: ``CONFIG_X86_SGX_KVM``, whose Kconfig says "If unsure, say N"); a test checks
+#: the exits named here.
+OTHER_HANDLERS: Mapping[VmxExitReason, tuple[str, str, str]] = MappingProxyType({
+    **{r: ("kvm_intel.nested=0", "handle_vmx_instruction", "nothing (#UD, every path returns 1)")
+       for r in NESTED_VMX_EXIT_HANDLERS},
+    _R.ENCLS: ("CONFIG_X86_SGX_KVM=y", "handle_encls of vmx/sgx.c",
+               "UNKNOWN (an ENCLS leaf it does not expect), INTERNAL_ERROR (an ECREATE or "
+               "EINIT operand with no memory behind it), errno (-ENOMEM, -EINVAL)"),
+})
+
 #: With CONFIG_RETPOLINE, ``__vmx_handle_exit`` calls these handlers directly
 #: (an if-chain) instead of through the table, to save an indirect call on the
 #: most frequent exits. Same handlers, same results.
@@ -264,8 +326,8 @@ RETURN_RULE: Mapping[int, str] = MappingProxyType({
 
 # --- what each handler returns ------------------------------------------------------------
 
-NORMAL, DEBUG, ERROR = "normal", "debug", "error"
-_KINDS = (NORMAL, DEBUG, ERROR)
+NORMAL, DEBUG, ERROR, CONFIG = "normal", "debug", "error", "config"
+_KINDS = (NORMAL, DEBUG, ERROR, CONFIG)
 
 
 @dataclass(frozen=True)
@@ -276,7 +338,8 @@ class Return:
     ("" for 1 and < 0); ``when`` the condition, in words; ``kind`` NORMAL (a
     VM set up that way, or a guest that does that), DEBUG (only while user
     space debugs the guest, ``KVM_SET_GUEST_DEBUG``) or ERROR (something
-    failed). ``source`` is text of the function's body in Linux 6.1 that this
+    failed); a path through a :class:`Passes` with ``config`` becomes CONFIG.
+    ``source`` is text of the function's body in Linux 6.1 that this
     return rests on. ``chain`` names the functions it calls, in order, down
     to the one that fills ``kvm_run``; ``setter`` the one that does it when
     it is reached through the emulator's callbacks (``emulate_ops``) or the
@@ -294,7 +357,7 @@ class Return:
     only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.ret not in (1, 0, -1) or self.kind not in _KINDS \
+        if self.ret not in (1, 0, -1) or self.kind not in (NORMAL, DEBUG, ERROR) \
                 or bool(self.exit) != (self.ret == 0):
             raise VmxError(f"a Return is 1, 0 with a KVM_EXIT_* or -1, of a known kind: {self!r}")
 
@@ -307,12 +370,15 @@ class Passes:
     emulator fills ``KVM_EXIT_IO`` only for an IN/OUT/INS/OUTS and
     ``KVM_EXIT_X86_RDMSR``/``WRMSR`` only for an RDMSR/WRMSR, so a call that
     emulates an instruction that faulted on memory cannot end in them.
+    ``config`` names the non-default host setting without which the call is
+    never made (``"kvm_intel.ept=0"``): every path through it is kind CONFIG.
     """
 
     callee: str
     when: str
     source: str
     cannot: tuple[str, ...] = ()
+    config: str = ""
 
 
 @dataclass(frozen=True)
@@ -324,11 +390,14 @@ class ExitPath:
     when: str
     kind: str
     via: tuple[str, ...]  # the handler, then each function called, down to the one that returns
+    config: str = ""  # the non-default host settings the path needs (kind CONFIG), ", "-joined
 
     def __str__(self) -> str:
         ret = "< 0" if self.ret < 0 else str(self.ret)
-        return (f"returns {ret:<3} {self.exit or '':<24} {self.kind:<6} {self.when}\n"
-                f"{'':12}{' → '.join(self.via)}")
+        when = f"[{self.config}] {self.when}" if self.config else self.when
+        head = f"returns {ret:<3} {self.exit or '':<24} {self.kind:<6} "
+        lines = textwrap.wrap(when, 104 - len(head)) or [""]
+        return (head + f"\n{'':{len(head)}}".join(lines) + f"\n{'':12}{' → '.join(self.via)}")
 
 
 _S = "kvm_skip_emulated_instruction"
@@ -423,8 +492,13 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
     "handle_ud": (
         Return(1, "", "the instruction cannot be emulated here (an SGX enclave): #UD",
                "return 1;"),
-        Passes(_EMU, "EMULTYPE_TRAP_UD: an instruction KVM cannot decode goes back as #UD",
-               "return kvm_emulate_instruction(vcpu, emul_type);"),
+        Passes(_EMU, "KVM emulates it if the emulator marks it EmulateOnUD (MOVBE, VMCALL, "
+               "VMMCALL, SYSCALL, SYSENTER, RDPID ...; any other gets its #UD back, "
+               "EMULTYPE_TRAP_UD)", "return kvm_emulate_instruction(vcpu, emul_type);",
+               _NO_PIO_MSR),
+        Passes(_EMU, "the guest put KVM's prefix (ud2; .ascii \"kvm\") before the instruction: "
+               "KVM emulates whatever follows (a test-only parameter)",
+               "emul_type = EMULTYPE_TRAP_UD_FORCED;", config="kvm.force_emulation_prefix=1"),
     ),
     "kvm_handle_page_fault": (
         Return(1, "", "an async page fault: the vCPU waited for the host page", "int r = 1;"),
@@ -503,7 +577,8 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
         Return(1, "", "in L2: the exit goes to L1 (nested_vmx_reflect_vmexit)",
                "if (nested_vmx_reflect_vmexit(vcpu))"),
         Passes("handle_invalid_guest_state", "a guest state VMX cannot run (real mode without "
-               "unrestricted guest): KVM emulates", "return handle_invalid_guest_state(vcpu);"),
+               "unrestricted guest): KVM emulates", "return handle_invalid_guest_state(vcpu);",
+               config="kvm_intel.unrestricted_guest=0"),
         Return(0, "KVM_EXIT_FAIL_ENTRY", "the VM entry failed",
                "vcpu->run->exit_reason = KVM_EXIT_FAIL_ENTRY;", ERROR),
         Return(0, "KVM_EXIT_INTERNAL_ERROR", "the exit came while the CPU delivered an event, "
@@ -519,20 +594,22 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
         Return(1, "", "#MC or NMI (handled in handle_exception_nmi_irqoff); #NM; #GP with an "
                "error code; #PF re-injected (EPT on); #DB or #AC re-injected; a split lock the "
                "host allows", "return 1;"),
-        Passes("handle_ud", "#UD (MOVBE, VMMCALL ...; with kvm.force_emulation_prefix any "
-               "instruction)", "return handle_ud(vcpu);"),
-        Passes(_EMU, "#GP with error code 0, intercepted for the VMware backdoor "
-               "(kvm.enable_vmware_backdoor): IN, OUT, INS, OUTS, RDPMC",
-               "return kvm_emulate_instruction(vcpu, EMULTYPE_VMWARE_GP);",
-               ("KVM_EXIT_X86_RDMSR", "KVM_EXIT_X86_WRMSR")),
+        Passes("handle_ud", "#UD", "return handle_ud(vcpu);"),
+        Passes(_EMU, "#GP with error code 0, intercepted for the VMware backdoor: IN, OUT, INS, "
+               "OUTS, RDPMC", "return kvm_emulate_instruction(vcpu, EMULTYPE_VMWARE_GP);",
+               ("KVM_EXIT_X86_RDMSR", "KVM_EXIT_X86_WRMSR"),
+               config="kvm.enable_vmware_backdoor=1"),
         Return(0, "KVM_EXIT_INTERNAL_ERROR", "the exception came while the CPU delivered another "
                "event (KVM_INTERNAL_ERROR_SIMUL_EX)",
                "vcpu->run->internal.suberror = KVM_INTERNAL_ERROR_SIMUL_EX;", ERROR),
-        Passes("kvm_handle_page_fault", "#PF with shadow paging (no EPT)",
-               "return kvm_handle_page_fault(vcpu, error_code, cr2, NULL, 0);"),
+        Passes("kvm_handle_page_fault", "#PF with shadow paging (with EPT only an async #PF "
+               "from a hypervisor KVM itself runs under comes here, and returns 1)",
+               "return kvm_handle_page_fault(vcpu, error_code, cr2, NULL, 0);",
+               config="kvm_intel.ept=0"),
         Passes("handle_rmode_exception", "an exception of a real-mode guest run in vm86 mode "
-               "(no unrestricted guest)",
-               "return handle_rmode_exception(vcpu, ex_no, error_code);"),
+               "(no unrestricted guest: the parameter, or a CPU without it)",
+               "return handle_rmode_exception(vcpu, ex_no, error_code);",
+               config="kvm_intel.unrestricted_guest=0"),
         Return(0, "KVM_EXIT_DEBUG", "#DB while user space single-steps or sets hardware "
                "breakpoints, #BP with KVM_GUESTDBG_USE_SW_BP",
                "kvm_run->exit_reason = KVM_EXIT_DEBUG;", DEBUG),
@@ -568,13 +645,16 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
                ERROR),
     ),
     "handle_dr": (
-        Return(1, "", "DR4/DR5 with CR4.DE: #UD; DR7.GD with no debugger: #DB into the guest; "
-               "nobody debugs the guest: stop intercepting MOV DR and run it again", "return 1;"),
-        Return(0, "KVM_EXIT_DEBUG", "DR7.GD is set and user space debugs with hardware "
+        Return(1, "", "DR4/DR5 with CR4.DE: #UD", "if (!kvm_require_dr(vcpu, dr))"),
+        Return(1, "", "CPL > 0: #GP, before any debugger check (goto out: kvm_complete_insn_gp "
+               "with err = 1)", "if (vmx_get_cpl(vcpu) > 0)", chain=("kvm_complete_insn_gp",)),
+        Return(1, "", "DR7.GD with no debugger: #DB into the guest; nobody debugs the guest: "
+               "stop intercepting MOV DR and run the instruction again", "return 1;"),
+        Return(0, "KVM_EXIT_DEBUG", "CPL 0, DR7.GD is set and user space debugs with hardware "
                "breakpoints (KVM_GUESTDBG_USE_HW_BP)",
                "vcpu->run->exit_reason = KVM_EXIT_DEBUG;", DEBUG),
-        Passes("kvm_complete_insn_gp", "user space debugs the guest: KVM does the MOV "
-               "(CPL > 0 or a bad value: #GP)", "return kvm_complete_insn_gp(vcpu, err);"),
+        Passes("kvm_complete_insn_gp", "CPL 0 and user space debugs the guest: KVM does the "
+               "MOV (a bad value: #GP)", "return kvm_complete_insn_gp(vcpu, err);"),
     ),
     "kvm_emulate_cpuid": (
         Return(1, "", "CPUID faulting on and CPL > 0: #GP", "return 1;"),
@@ -625,17 +705,19 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
         Passes(_S, "every other hypercall: the result in RAX", _SKIP),
     ),
     "handle_vmx_instruction": (
-        Return(1, "", "#UD into the guest (with kvm_intel.nested=1, the default, "
-               "nested_vmx_hardware_setup puts handle_vmclear, handle_vmlaunch ... in these "
-               "slots instead; those are not followed here)",
+        Return(1, "", "#UD into the guest (only with kvm_intel.nested=0: by default "
+               "nested_vmx_hardware_setup puts nested.c's handlers in these slots)",
                "kvm_queue_exception(vcpu, UD_VECTOR);"),),
     "handle_tpr_below_threshold": (
         Return(1, "", "kvm_apic_update_ppr: a pending interrupt may now be delivered",
                "return 1;"),),
     "handle_apic_access": (
         Passes(_S, "a MOV that writes EOI (fasteoi): no emulation", _SKIP),
-        Passes(_EMU, "any other access to the APIC page: emulated; the in-kernel local APIC "
-               "answers", "return kvm_emulate_instruction(vcpu, 0);", _NO_PIO_MSR),
+        Passes(_EMU, "any other access to the APIC-access page (mapped only with the local APIC "
+               "in the kernel, in xAPIC mode): emulated, and vcpu_mmio_read/write give it to "
+               "the in-kernel LAPIC; it reaches KVM_MMIO_BUS, and user space, only if the "
+               "guest moved its APIC base away from 0xfee00000 (apic_mmio_in_range)",
+               "return kvm_emulate_instruction(vcpu, 0);", _NO_PIO_MSR),
     ),
     "handle_apic_write": (Return(1, "", "trap-like: kvm_apic_write_nodecode", "return 1;"),),
     "handle_apic_eoi_induced": (
@@ -653,8 +735,9 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
                "(the host CPU has none)", "return kvm_emulate_instruction(vcpu, 0);",
                _NO_PIO_MSR),),
     "handle_ept_violation": (
-        Passes(_EMU, "the GPA is beyond the guest's MAXPHYADDR (allow_smaller_maxphyaddr)",
-               "return kvm_emulate_instruction(vcpu, 0);", _NO_PIO_MSR),
+        Passes(_EMU, "the GPA is beyond the guest's MAXPHYADDR",
+               "return kvm_emulate_instruction(vcpu, 0);", _NO_PIO_MSR,
+               config="kvm_intel.allow_smaller_maxphyaddr=1"),
         Passes("kvm_mmu_page_fault", "", "return kvm_mmu_page_fault(vcpu, gpa, error_code, "
                "NULL, 0);"),
     ),
@@ -680,8 +763,11 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
         Passes("kvm_handle_invpcid", "", "return kvm_handle_invpcid(vcpu, type, gva);"),
     ),
     "handle_preemption_timer": (
-        Return(1, "", "the VMX preemption timer (the LAPIC timer's deadline) fired", "return 1;"),),
-    "handle_encls": (Return(1, "", "SGX is not virtualized: #UD", "return 1;"),),
+        Return(1, "", "the VMX preemption timer fired: the in-kernel LAPIC timer's deadline "
+               "(kvm_lapic_expired_hv_timer), or an exit KVM forced (req_immediate_exit)",
+               "return 1;"),),
+    "handle_encls": (Return(1, "", "vmx.c's stub, built without CONFIG_X86_SGX_KVM (its "
+                                   "Kconfig default): SGX is not virtualized, #UD", "return 1;"),),
     "handle_bus_lock_vmexit": (
         Return(0, "KVM_EXIT_X86_BUS_LOCK", "always: the handler returns 1 with "
                "bus_lock_detected set, vmx_handle_exit turns that into 0 (the CPU makes this "
@@ -692,6 +778,122 @@ RETURNS: Mapping[str, tuple[Return | Passes, ...]] = MappingProxyType({
                "(KVM_X86_NOTIFY_VMEXIT_USER), or the VM context is corrupt",
                "vcpu->run->exit_reason = KVM_EXIT_NOTIFY;"),
         Return(1, "", "otherwise", "return 1;"),
+    ),
+    # -- nested VMX: the handlers nested_vmx_hardware_setup installs (vmx/nested.c) --------
+    # VMX in the guest's CPUID, a guest that runs its own hypervisor: normal use.
+    "nested_vmx_succeed": (Passes(_S, "VMsucceed: the arithmetic flags cleared", _SKIP),),
+    "nested_vmx_failInvalid": (Passes(_S, "VMfailInvalid: CF set", _SKIP),),
+    "nested_vmx_failValid": (
+        Passes(_S, "VMfailValid: ZF set, the error number in the current VMCS", _SKIP),),
+    "nested_vmx_fail": (
+        Passes("nested_vmx_failInvalid", "no current VMCS",
+               "return nested_vmx_failInvalid(vcpu);"),
+        Passes("nested_vmx_failValid", "", "return nested_vmx_failValid(vcpu, vm_instruction_error);"),
+    ),
+    "nested_vmx_get_vmptr": (
+        Return(1, "", "a bad operand address: a fault injected (1 through *ret)", "*ret = 1;"),
+        Passes("kvm_handle_memory_failure", "the VMCS pointer cannot be read from guest memory "
+               "(handed back through *ret)", "*ret = kvm_handle_memory_failure(vcpu, r, &e);"),
+    ),
+    "nested_vmx_run": (
+        Return(1, "", "VMX off or CPL > 0 (#UD, #GP), a bad enlightened VMCS; or L2 is entered "
+               "at the next VM entry, or the entry became a VM exit to L1", "return 1;"),
+        Passes("nested_vmx_failInvalid", "no current VMCS, or a shadow VMCS",
+               "return nested_vmx_failInvalid(vcpu);"),
+        Passes("nested_vmx_fail", "a check of vmcs12 failed (launch state, controls, host "
+               "state)", "return nested_vmx_fail(vcpu, VMXERR_ENTRY_INVALID_CONTROL_FIELD);"),
+        Passes("kvm_emulate_halt_noskip", "vmcs12 enters L2 in the HLT activity state with "
+               "nothing to wake it", "return kvm_emulate_halt_noskip(vcpu);"),
+        Return(0, "KVM_EXIT_INTERNAL_ERROR", "a page vmcs12 points to (the APIC-access page) has "
+               "no memory behind it (KVM_INTERNAL_ERROR_EMULATION)",
+               "if (status == NVMX_VMENTRY_KVM_INTERNAL_ERROR)", ERROR,
+               ("nested_vmx_enter_non_root_mode", "nested_get_vmcs12_pages")),
+    ),
+    "handle_vmclear": (
+        Return(1, "", "VMX off or CPL > 0: #UD or #GP", "return 1;"),
+        Passes("nested_vmx_get_vmptr", "", "if (nested_vmx_get_vmptr(vcpu, &vmptr, &r))"),
+        Passes("nested_vmx_fail", "a bad VMCS address, or the VMXON region",
+               "return nested_vmx_fail(vcpu, VMXERR_VMCLEAR_INVALID_ADDRESS);"),
+        Passes("nested_vmx_succeed", "the VMCS is cleared", "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_vmlaunch": (Passes("nested_vmx_run", "", "return nested_vmx_run(vcpu, true);"),),
+    "handle_vmresume": (Passes("nested_vmx_run", "", "return nested_vmx_run(vcpu, false);"),),
+    "handle_vmptrld": (
+        Return(1, "", "VMX off or CPL > 0 (#UD, #GP); an enlightened VMCS is in use",
+               "return 1;"),
+        Passes("nested_vmx_get_vmptr", "", "if (nested_vmx_get_vmptr(vcpu, &vmptr, &r))"),
+        Passes("nested_vmx_fail", "a bad VMCS address, the VMXON region, or a VMCS of another "
+               "revision", "return nested_vmx_fail(vcpu, VMXERR_VMPTRLD_INVALID_ADDRESS);"),
+        Passes("nested_vmx_succeed", "the VMCS is current", "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_vmptrst": (
+        Return(1, "", "VMX off or CPL > 0 (#UD, #GP), an enlightened VMCS, or a bad operand "
+               "address", "return 1;"),
+        Passes("kvm_handle_memory_failure", "the operand cannot be written",
+               "return kvm_handle_memory_failure(vcpu, r, &e);"),
+        Passes("nested_vmx_succeed", "", "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_vmread": (
+        Return(1, "", "VMX off or CPL > 0 (#UD, #GP), or a bad operand address", "return 1;"),
+        Passes("nested_vmx_failInvalid", "no current VMCS",
+               "return nested_vmx_failInvalid(vcpu);"),
+        Passes("nested_vmx_fail", "no such VMCS field",
+               "return nested_vmx_fail(vcpu, VMXERR_UNSUPPORTED_VMCS_COMPONENT);"),
+        Passes("kvm_handle_memory_failure", "the memory operand cannot be written",
+               "return kvm_handle_memory_failure(vcpu, r, &e);"),
+        Passes("nested_vmx_succeed", "", "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_vmwrite": (
+        Return(1, "", "VMX off or CPL > 0 (#UD, #GP), or a bad operand address", "return 1;"),
+        Passes("nested_vmx_failInvalid", "no current VMCS",
+               "return nested_vmx_failInvalid(vcpu);"),
+        Passes("kvm_handle_memory_failure", "the memory operand cannot be read",
+               "return kvm_handle_memory_failure(vcpu, r, &e);"),
+        Passes("nested_vmx_fail", "no such field, or a read-only one",
+               "return nested_vmx_fail(vcpu, VMXERR_UNSUPPORTED_VMCS_COMPONENT);"),
+        Passes("nested_vmx_succeed", "", "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_vmxoff": (
+        Return(1, "", "VMX off or CPL > 0: #UD or #GP", "return 1;"),
+        Passes("nested_vmx_succeed", "VMX operation left (free_nested)",
+               "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_vmxon": (
+        Return(1, "", "CR0/CR4 not valid for VMX (#UD); CPL > 0, or IA32_FEATURE_CONTROL does "
+               "not allow VMX (#GP)", "return 1;"),
+        Passes("nested_vmx_fail", "VMX is on already",
+               "return nested_vmx_fail(vcpu, VMXERR_VMXON_IN_VMX_ROOT_OPERATION);"),
+        Passes("nested_vmx_get_vmptr", "", "if (nested_vmx_get_vmptr(vcpu, &vmptr, &ret))"),
+        Passes("nested_vmx_failInvalid", "a bad VMXON region address or revision",
+               "return nested_vmx_failInvalid(vcpu);"),
+        Return(-1, "", "-ENOMEM: enter_vmx_operation cannot allocate the nested state",
+               "ret = enter_vmx_operation(vcpu);", ERROR, ("enter_vmx_operation",)),
+        Passes("nested_vmx_succeed", "", "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_invept": (
+        Return(1, "", "the guest's VMX has no EPT or INVEPT (#UD); VMX off or CPL > 0; a bad "
+               "operand address", "return 1;"),
+        Passes("nested_vmx_fail", "an unsupported type, or a bad EPTP",
+               "return nested_vmx_fail(vcpu, VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID);"),
+        Passes("kvm_handle_memory_failure", "the operand cannot be read",
+               "return kvm_handle_memory_failure(vcpu, r, &e);"),
+        Passes("nested_vmx_succeed", "the EPT roots are freed", "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_invvpid": (
+        Return(1, "", "the guest's VMX has no VPID or INVVPID (#UD); VMX off or CPL > 0; a bad "
+               "operand address", "return 1;"),
+        Passes("nested_vmx_fail", "an unsupported type, or a bad VPID or address",
+               "return nested_vmx_fail(vcpu,"),
+        Passes("kvm_handle_memory_failure", "the operand cannot be read",
+               "return kvm_handle_memory_failure(vcpu, r, &e);"),
+        Passes(_S, "a type KVM does not know (WARN)", _SKIP),
+        Passes("nested_vmx_succeed", "the VPID's mappings are flushed",
+               "return nested_vmx_succeed(vcpu);"),
+    ),
+    "handle_vmfunc": (
+        Return(1, "", "not in L2 (#UD); a function L1 did not enable, or a failed EPTP switch: "
+               "reflected to L1 as a VM exit", "return 1;"),
+        Passes(_S, "EPTP switching done", _SKIP),
     ),
 })
 
@@ -711,6 +913,10 @@ SOURCE_FILES: Mapping[str, str] = MappingProxyType({
         "kvm_handle_memory_failure", "kvm_prepare_emulation_failure_exit",
         "__kvm_prepare_emulation_failure_exit", "kvm_msr_user_space",
         *(f for f in KVM_VMX_EXIT_HANDLERS.values() if f.startswith("kvm_")))},
+    **{f: "arch/x86/kvm/vmx/nested.c" for f in (
+        *NESTED_VMX_EXIT_HANDLERS.values(), "nested_vmx_succeed", "nested_vmx_failInvalid",
+        "nested_vmx_failValid", "nested_vmx_fail", "nested_vmx_get_vmptr", "nested_vmx_run",
+        "nested_vmx_enter_non_root_mode", "nested_get_vmcs12_pages", "enter_vmx_operation")},
     "kvm_emulate_cpuid": "arch/x86/kvm/cpuid.c",
     "kvm_mmu_page_fault": "arch/x86/kvm/mmu/mmu.c",
     "kvm_handle_page_fault": "arch/x86/kvm/mmu/mmu.c",
@@ -725,7 +931,8 @@ def exit_paths(fn: str, _root: str = "") -> tuple[ExitPath, ...]:
     Each :class:`Passes` is followed into its callee, so the paths of
     ``handle_io`` include the ``KVM_EXIT_IO`` that ``emulator_pio_in_out``
     fills, with the conditions joined and ``via`` naming every function on
-    the way. A path marked ``only`` for other handlers is left out.
+    the way. A path marked ``only`` for other handlers is left out; a path
+    through a :class:`Passes` with ``config`` is kind CONFIG and names it.
     """
     if fn not in RETURNS:
         raise VmxError(f"{fn!r}: no return paths recorded (see vbook.models.vmx.RETURNS)")
@@ -737,29 +944,49 @@ def exit_paths(fn: str, _root: str = "") -> tuple[ExitPath, ...]:
                 if p.exit in r.cannot:
                     continue
                 when = f"{r.when}: {p.when}" if r.when else p.when
-                out.append(ExitPath(p.ret, p.exit, when, p.kind, (fn, *p.via)))
+                config = ", ".join(c for c in (r.config, p.config) if c)
+                out.append(ExitPath(p.ret, p.exit, when, CONFIG if config else p.kind,
+                                    (fn, *p.via), config))
         elif not r.only or root in r.only:
             via = (fn, *r.chain) + ((r.setter,) if r.setter else ())
             out.append(ExitPath(r.ret, r.exit, r.when, r.kind, via))
     return tuple(dict.fromkeys(out))
 
 
+def _name(p: ExitPath) -> str:
+    return p.exit.removeprefix("KVM_EXIT_") if p.ret == 0 else "errno"
+
+
 def user_exits(fn: str) -> dict[str, tuple[str, ...]]:
-    """The ``KVM_EXIT_*`` names (without the prefix) ``fn`` can end in, by kind; "errno" for < 0."""
+    """The ``KVM_EXIT_*`` names (without the prefix) ``fn`` can end in, by kind; "errno" for < 0.
+
+    CONFIG holds only what no default-setting path gives as well.
+    """
     out: dict[str, list[str]] = {k: [] for k in _KINDS}
     for p in exit_paths(fn):
-        if p.ret <= 0:
-            name = p.exit.removeprefix("KVM_EXIT_") if p.ret == 0 else "errno"
-            if name not in out[p.kind]:
-                out[p.kind].append(name)
+        if p.ret <= 0 and _name(p) not in out[p.kind]:
+            out[p.kind].append(_name(p))
+    default = {n for k in (NORMAL, DEBUG, ERROR) for n in out[k]}
+    out[CONFIG] = [n for n in out[CONFIG] if n not in default]
     return {k: tuple(sorted(v)) for k, v in out.items()}
+
+
+def config_exits(fn: str) -> dict[str, tuple[str, ...]]:
+    """Setting → the ``KVM_EXIT_*`` (and "errno") ``fn`` gives only under it, as in
+    :func:`user_exits`; settings that add nothing are left out."""
+    default = {n for k, names in user_exits(fn).items() if k != CONFIG for n in names}
+    out: dict[str, set[str]] = {}
+    for p in exit_paths(fn):
+        if p.kind == CONFIG and p.ret <= 0 and _name(p) not in default:
+            out.setdefault(p.config, set()).add(_name(p))
+    return {c: tuple(sorted(v)) for c, v in sorted(out.items())}
 
 
 KERNEL, USER, DEPENDS, DEBUG_OR_ERROR = "kernel", "user", "depends", "debug/error"
 
 
 def _where(handler: str) -> tuple[str, str]:
-    paths = exit_paths(handler)
+    paths = [p for p in exit_paths(handler) if p.kind != CONFIG]
     exits = user_exits(handler)
     if all(p.ret == 1 for p in paths):
         return KERNEL, ""
@@ -769,42 +996,56 @@ def _where(handler: str) -> tuple[str, str]:
     return (DEPENDS if exits[NORMAL] else DEBUG_OR_ERROR), text
 
 
-#: Where each handled exit goes in Linux 6.1, derived from :data:`RETURNS`:
+#: Where each handled exit goes in Linux 6.1 with default settings, derived from
+#: :data:`RETURNS` for the handlers of :data:`DEFAULT_EXIT_HANDLERS`:
 #: ``(where, exits)``. ``where`` is "kernel" (every path returns 1), "user"
 #: (every path returns 0 or an error), "depends" (some path returns 0 in
 #: normal use, on the VM's configuration or what the guest does) or
 #: "debug/error" (only while user space debugs the guest, or when something
-#: fails); ``exits`` lists the ``KVM_EXIT_*`` by kind. :func:`exit_paths`
-#: has the conditions. Reasons with no handler are not keys: they end as
+#: fails); paths that need a non-default setting (kind CONFIG) do not count.
+#: ``exits`` lists the ``KVM_EXIT_*`` by kind. :func:`exit_paths` has the
+#: conditions. Reasons with no handler are not keys: they end as
 #: KVM_EXIT_INTERNAL_ERROR (see :func:`vbook.models.kvm_kernel.vmx_handle_exit`).
 USER_SPACE: Mapping[VmxExitReason, tuple[str, str]] = MappingProxyType({
-    r: _where(h) for r, h in KVM_VMX_EXIT_HANDLERS.items()})
-
+    r: _where(h) for r, h in DEFAULT_EXIT_HANDLERS.items()})
 
 
 def user_space_table(width: int = 100) -> str:
     """Which handlers can send an exit to user space, and with which ``KVM_EXIT_*``.
 
-    Counted from :data:`USER_SPACE` (so from :data:`RETURNS`): one line per
-    reason whose handler can return 0 in normal use, then the reasons that
-    reach user space only under a debugger or on a failure, then those that
-    never do.
+    Counted from :data:`USER_SPACE` (so from :data:`RETURNS`), for the handlers
+    default settings install: one line per reason whose handler can return 0
+    in normal use, then the reasons that reach user space only under a
+    debugger or on a failure, then those that never do; last, what a
+    non-default setting adds (:func:`config_exits`, :data:`OTHER_HANDLERS`).
     """
-    rows = [(r, h) for r, h in sorted(KVM_VMX_EXIT_HANDLERS.items())
+    rows = [(r, h) for r, h in sorted(DEFAULT_EXIT_HANDLERS.items())
             if USER_SPACE[r][0] in (USER, DEPENDS)]
-    lines = [f"{len(rows)} of {len(KVM_VMX_EXIT_HANDLERS)} entries can end in user space in "
-             "normal use:",
-             f"{'':3} {'exit reason':<15} {'handler':<23} {'KVM_EXIT_*':<36}"
+    lines = [f"{len(rows)} of {len(DEFAULT_EXIT_HANDLERS)} entries can end in user space in "
+             "normal use (default settings, kvm_intel.nested=1):",
+             f"{'':3} {'exit reason':<15} {'handler':<23} {'KVM_EXIT_*':<25}"
              "and under a debugger / on a failure"]
     for reason, handler in rows:
         ex = user_exits(handler)
         lines.append(f"{int(reason):3d} {reason.name:<15} {handler:<23} "
-                     f"{', '.join(ex[NORMAL]):<36}{', '.join(ex[DEBUG] + ex[ERROR])}".rstrip())
+                     f"{', '.join(ex[NORMAL]):<25}{', '.join(ex[DEBUG] + ex[ERROR])}".rstrip())
     for where, what in ((DEBUG_OR_ERROR, "reach user space only under a debugger or on a "
                                          "failure"), (KERNEL, "never do: every path returns 1")):
         names = [r.name for r in sorted(USER_SPACE) if USER_SPACE[r][0] == where]
         lines += textwrap.wrap(f"{len(names)} {what}: {', '.join(names)}", width,
                                subsequent_indent="    ")
+    lines.append("Only with a setting other than the default:")
+    for reason, handler in sorted(DEFAULT_EXIT_HANDLERS.items()):
+        for k, (setting, names) in enumerate(config_exits(handler).items()):
+            head = f"{int(reason):3d} {reason.name:<15} " if k == 0 else " " * 20
+            lines.append(f"{head}{setting}: {', '.join(names)}")
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for reason, other in sorted(OTHER_HANDLERS.items()):
+        groups.setdefault(other, []).append(reason.name)
+    for (setting, handler, gives), names in groups.items():
+        lines += textwrap.wrap(f"{setting}: {', '.join(names)} → {handler}; to user space: "
+                               f"{gives}", width, initial_indent="    ",
+                               subsequent_indent="        ")
     return "\n".join(lines)
 
 
@@ -861,12 +1102,16 @@ DIFFERENCES_3_15: tuple[tuple[str, str, str], ...] = (
      "static_call(kvm_x86_vcpu_run)(vcpu), static_call(kvm_x86_handle_exit)(vcpu, fastpath)"),
     ("the run loop", "__vcpu_run: checks signal_pending() and need_resched() itself",
      "vcpu_run: xfer_to_guest_mode_handle_work() does it"),
-    ("a halted vCPU", "kvm_vcpu_block", "vcpu_block → kvm_vcpu_halt (halt polling) → kvm_vcpu_block"),
+    ("a halted vCPU", "__vcpu_run calls kvm_vcpu_block itself (no halt polling)",
+     "vcpu_block → kvm_vcpu_halt (halt polling) → kvm_vcpu_block"),
     ("an exit with no handler", "KVM_EXIT_UNKNOWN, hw.hardware_exit_reason = the reason",
      "KVM_EXIT_INTERNAL_ERROR, suberror KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON"),
-    ("IN / OUT (handle_io)", "only OUT took the fast path (kvm_fast_pio_out) and RIP was "
-     "advanced before the exit; IN went through the full instruction emulator",
-     "kvm_fast_pio for both; RIP is advanced on the next KVM_RUN (complete_fast_pio_out/_in)"),
+    ("IN / OUT (handle_io)", "only OUT took the fast path (kvm_fast_pio_out), with RIP "
+     "advanced first, whoever took the access; IN went through the full instruction emulator",
+     "kvm_fast_pio for both; an in-kernel device: RIP advanced at once (kvm_fast_pio); to user "
+     "space: RIP advanced on the next KVM_RUN (complete_fast_pio_out/_in), except an OUT to port "
+     "0x7e, advanced before the exit (KVM_X86_QUIRK_OUT_7E_INC_RIP, on unless user space "
+     "disables it)"),
     ("exits finished with interrupts off", "none (no fastpath in x86.c or vmx.c)",
      "vmx_exit_handlers_fastpath (WRMSR of x2APIC ICR / TSC deadline, preemption timer)"),
 )
@@ -889,11 +1134,31 @@ MSR_PASSTHROUGH_WRITE: frozenset[int] = MSR_PASSTHROUGH_READ - {MSR_IA32_TSC}
 
 
 def handler_for(basic: int) -> str | None:
-    """The Linux 6.1 handler of a basic exit reason, or None (no table entry)."""
+    """The Linux 6.1 handler of a basic exit reason with default settings
+    (:data:`DEFAULT_EXIT_HANDLERS`), or None (no table entry)."""
     try:
-        return KVM_VMX_EXIT_HANDLERS.get(VmxExitReason(basic))
+        return DEFAULT_EXIT_HANDLERS.get(VmxExitReason(basic))
     except ValueError:
         return None
+
+
+#: 3.15 handlers whose 6.1 successor (with default settings) does something else,
+#: not only under another name: reason → (then, now). Read in both trees.
+CHANGED_SINCE_3_15: Mapping[int, tuple[str, str]] = MappingProxyType({
+    r: ("#UD (handle_invalid_op)", "a NOP (kvm_emulate_as_nop), unless user space disabled "
+        "KVM_X86_QUIRK_MWAIT_NEVER_UD_FAULTS and the guest's CPUID has no MWAIT: then #UD")
+    for r in (36, 39)})
+
+
+def compare_3_15() -> dict[str, tuple[tuple[int, str, str, str], ...]]:
+    """The 3.15 table against the handlers 6.1 installs by default: "same", "renamed",
+    "changed" (:data:`CHANGED_SINCE_3_15`), each ``(reason, 3.15 name, 3.15 handler, 6.1 handler)``."""
+    out: dict[str, list[tuple[int, str, str, str]]] = {"same": [], "renamed": [], "changed": []}
+    for n, (name, old) in sorted(KVM_VMX_EXIT_HANDLERS_3_15.items()):
+        new = handler_for(n) or ""
+        how = "changed" if n in CHANGED_SINCE_3_15 else "same" if new == old else "renamed"
+        out[how].append((n, name, old, new))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 # --- exit qualifications ------------------------------------------------------------------
@@ -977,12 +1242,14 @@ def ept_violation_qualification(access: str, rwx: int = 0, gva_valid: bool = Tru
 
 
 __all__ = [
-    "BASIC_EXIT_REASON_MASK", "DEBUG", "DEBUG_OR_ERROR", "DEPENDS", "DIFFERENCES_3_15", "ERROR",
-    "FASTPATH", "KERNEL", "KVM_VMX_EXIT_HANDLERS", "KVM_VMX_EXIT_HANDLERS_3_15",
-    "KVM_VMX_MAX_EXIT_HANDLERS", "MSR_PASSTHROUGH_READ", "MSR_PASSTHROUGH_WRITE", "NORMAL",
-    "RETPOLINE_DIRECT", "RETURNS", "RETURN_RULE", "SOURCE_FILES", "USER", "USER_SPACE",
-    "VMCS_FIELDS", "VMX_EXIT_REASONS_FAILED_VMENTRY", "VMX_EXIT_REASONS_SGX_ENCLAVE_MODE",
-    "ExitPath", "IoQualification", "Passes", "Return", "VmxError", "VmxExitReason",
-    "basic_exit_reason", "describe_reason", "ept_violation_qualification", "exit_paths",
-    "failed_vmentry", "handler_for", "io_qualification", "reason_name", "user_exits", "user_space_table",
+    "BASIC_EXIT_REASON_MASK", "CHANGED_SINCE_3_15", "CONFIG", "DEBUG", "DEBUG_OR_ERROR",
+    "DEFAULT_EXIT_HANDLERS", "DEPENDS", "DIFFERENCES_3_15", "ERROR", "FASTPATH", "KERNEL",
+    "KVM_VMX_EXIT_HANDLERS", "KVM_VMX_EXIT_HANDLERS_3_15", "KVM_VMX_MAX_EXIT_HANDLERS",
+    "MODULE_DEFAULTS", "MSR_PASSTHROUGH_READ", "MSR_PASSTHROUGH_WRITE", "NESTED_VMX_EXIT_HANDLERS",
+    "NORMAL", "OTHER_HANDLERS", "RETPOLINE_DIRECT", "RETURNS", "RETURN_RULE", "SOURCE_FILES",
+    "USER", "USER_SPACE", "VMCS_FIELDS", "VMX_EXIT_REASONS_FAILED_VMENTRY",
+    "VMX_EXIT_REASONS_SGX_ENCLAVE_MODE", "ExitPath", "IoQualification", "Passes", "Return",
+    "VmxError", "VmxExitReason", "basic_exit_reason", "compare_3_15", "config_exits",
+    "describe_reason", "ept_violation_qualification", "exit_paths", "failed_vmentry",
+    "handler_for", "io_qualification", "reason_name", "user_exits", "user_space_table",
 ]
