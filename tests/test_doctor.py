@@ -145,7 +145,7 @@ def test_check_repr_and_dict_are_stable(bare):
     assert repr(c) == "Check(name='x', ok=None, value='v', consequence='c')"
     checks = doctor(bare)
     assert "object at 0x" not in repr(checks)
-    assert json.loads(json.dumps([c.to_dict() for c in checks]))[1]["name"] == bare.dev_kvm
+    assert json.loads(json.dumps([c.to_dict() for c in checks]))[2]["name"] == bare.dev_kvm
     assert [c.name for c in doctor(bare)] == [c.name for c in checks]
 
 
@@ -155,7 +155,8 @@ def test_format_checks_two_lines_each(bare):
     lines = text.splitlines()
     assert len(lines) == 2 * len(checks)
     assert lines[0].startswith("[--] KVM host") and "none" in lines[0]
-    assert lines[2].startswith("[no] ") and bare.dev_kvm in lines[2]
+    assert lines[2].startswith("[--] KVM MMU") and " -" in lines[2]
+    assert lines[4].startswith("[no] ") and bare.dev_kvm in lines[4]
     assert lines[1].strip().startswith("-> no ")
     assert format_checks([Check("a", True, "1", "ok")]) == "[ok] a  1\n        -> ok"
 
@@ -170,7 +171,7 @@ def test_this_machine():
         assert isinstance(c.consequence, str) and c.consequence
         assert c.ok in (True, False, None)
     dev = Paths().dev_kvm  # /dev/kvm, or $VBOOK_KVM_DEV
-    assert names[0] == "KVM host" and names[1] == dev
+    assert names[:3] == ["KVM host", "KVM MMU", dev]
     assert {"unicorn", "root", "kvm modules", "backend auto"} <= set(names)
     if os.access(dev, os.R_OK | os.W_OK):
         by = by_name(checks)
@@ -182,7 +183,8 @@ def test_this_machine():
 def test_vbook_kvm_dev_points_the_book_elsewhere(monkeypatch):
     monkeypatch.setenv("VBOOK_KVM_DEV", "/nonexistent/kvm")
     assert Paths().dev_kvm == "/nonexistent/kvm"
-    host, first = doctor()[:2]
+    host, mmu, first = doctor()[:3]
+    assert mmu.value == "-"
     assert host.value.startswith("none (/nonexistent/kvm")
     assert first.name == "/nonexistent/kvm" and first.ok is False
     assert "unicorn" in first.consequence
@@ -215,3 +217,18 @@ def test_doctor_names_the_host_kind_from_its_paths(tmp_path):
     host = doctor(paths)[0]
     assert host.name == "KVM host" and host.value.startswith("none (")  # no /dev/kvm there
     assert host.consequence == MEANING["none"]
+
+
+def test_mmu_mode_follows_the_kind_and_the_module_parameters(tmp_path):
+    """EPT unless kvm_intel.ept=N, NPT unless kvm_amd.npt=0, PVM always shadow paging."""
+    from vbook.host import mmu_mode
+
+    assert mmu_mode("VMX", str(tmp_path)) == "EPT"  # parameter unreadable: the default, ept=Y
+    (tmp_path / "kvm_intel" / "parameters").mkdir(parents=True)
+    (tmp_path / "kvm_intel" / "parameters" / "ept").write_text("N\n")
+    assert mmu_mode("VMX", str(tmp_path)) == "shadow paging (kvm_intel.ept=0)"
+    (tmp_path / "kvm_amd" / "parameters").mkdir(parents=True)
+    (tmp_path / "kvm_amd" / "parameters" / "npt").write_text("1\n")
+    assert mmu_mode("SVM", str(tmp_path)) == "NPT"
+    assert mmu_mode("PVM", str(tmp_path)) == "shadow paging"
+    assert mmu_mode("none", str(tmp_path)) == "-" and mmu_mode("other", str(tmp_path)) == "unknown"

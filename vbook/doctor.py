@@ -279,6 +279,22 @@ def _host_check(paths: Paths, kvm: list[Check]) -> Check:
     return Check("KVM host", None, f"{host.kind} ({host.evidence})", MEANING[host.kind])
 
 
+def _mmu_check(paths: Paths, host: Check) -> Check:
+    """EPT / NPT / shadow paging: what a guest's page faults turn into on this host."""
+    from vbook.host import mmu_mode
+
+    kind = host.value.split(" ", 1)[0]
+    mode = mmu_mode(kind, paths.sys_module)
+    consequence = {
+        "EPT": "a guest's first touch of a page is an EPT violation KVM fixes (kvm_tdp_page_fault); "
+               "chapter 06's counts can be checked here",
+        "NPT": "nested page tables (AMD): the EPT chapters' model still applies in spirit",
+        "shadow paging": "KVM shadows the guest's page tables: chapter 05's counters "
+                         "(pf_fixed, mmu_unsync, mmu_flooded …) move here",
+    }.get(mode.split(" (")[0], "no KVM MMU to look at: the memory chapters run on their models")
+    return Check("KVM MMU", None, mode, consequence)
+
+
 def doctor(paths: Paths | None = None) -> list[Check]:
     """Look at this machine; one :class:`Check` per thing, in a stable order.
 
@@ -288,7 +304,8 @@ def doctor(paths: Paths | None = None) -> list[Check]:
     paths = paths or Paths()
     checks: list[Check] = []
     kvm = _kvm_checks(paths)
-    checks.append(_host_check(paths, kvm))
+    host = _host_check(paths, kvm)
+    checks += [host, _mmu_check(paths, host)]
     checks += kvm
     checks += _cpu_checks(paths)
     checks += _module_checks(paths)

@@ -17,6 +17,13 @@ How the kind is decided (nothing here changes the machine):
 
 A CPU flag wins over ``kvm_pvm``: a host with VT-x runs KVM on VMX even if a
 PVM module is also built in.
+
+How KVM translates guest memory on the host (:func:`mmu_mode`) follows from
+the kind: VMX uses EPT unless ``kvm_intel.ept=0``, SVM uses NPT unless
+``kvm_amd.npt=0`` (``/sys/module/<module>/parameters``), and PVM always
+uses shadow paging (it has no TDP hardware) — which is why on such a host a
+guest's page faults show up in KVM's shadow-paging counters (``pf_fixed``,
+``mmu_unsync`` …) and on an EPT host as EPT violations instead.
 """
 
 from __future__ import annotations
@@ -100,9 +107,26 @@ def detect(cpuinfo: str = "/proc/cpuinfo", modules: str = "/proc/modules",
     return classify(why is None, cpu_flags(cpuinfo), has_pvm(modules, sys_module), why or "")
 
 
+def mmu_mode(kind: str, sys_module: str = "/sys/module") -> str:
+    """How this KVM maps guest memory: "EPT", "NPT", "shadow paging" or "-" (no KVM)."""
+    def param(module: str, name: str) -> str:
+        return _read(os.path.join(sys_module, module, "parameters", name)).strip()
+
+    if kind == "VMX":
+        return "shadow paging (kvm_intel.ept=0)" if param("kvm_intel", "ept") in ("N", "0") \
+            else "EPT"
+    if kind == "SVM":
+        return "shadow paging (kvm_amd.npt=0)" if param("kvm_amd", "npt") in ("N", "0") \
+            else "NPT"
+    if kind == "PVM":
+        return "shadow paging"
+    return "-" if kind == "none" else "unknown"
+
+
 def host_line() -> str:
     """:meth:`Host.line` of this machine."""
     return detect().line()
 
 
-__all__ = ["KINDS", "MEANING", "Host", "classify", "cpu_flags", "detect", "has_pvm", "host_line"]
+__all__ = ["KINDS", "MEANING", "Host", "classify", "cpu_flags", "detect", "has_pvm", "host_line",
+           "mmu_mode"]
