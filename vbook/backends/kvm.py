@@ -714,6 +714,16 @@ class KvmVcpu(VCpu):
     # --- teardown ------------------------------------------------------------------------
 
     @property
+    def vm_fd(self) -> int:
+        """The VM's fd (-1 once closed): for VM ioctls such as KVM_GET_STATS_FD."""
+        return self._vm
+
+    @property
+    def vcpu_fd(self) -> int:
+        """The vCPU's fd (-1 once closed): for vCPU ioctls such as KVM_GET_STATS_FD."""
+        return self._vcpu
+
+    @property
     def closed(self) -> bool:
         return self._kvm < 0 and self._run is None and self._mem is None
 
