@@ -517,32 +517,11 @@ def ept_violation_qualification(access: str, rwx: int = 0, gva_valid: bool = Tru
 
 
 #: the return paths of the handlers live in vbook/models/vmx_returns.py (their own
-#: idea, and most of the data); their names are still found here (PEP 562)
-_RETURN_PATH_NAMES = frozenset({
-    "CONFIG",
-    "DEBUG",
-    "DEBUG_OR_ERROR",
-    "DEPENDS",
-    "ERROR",
-    "KERNEL",
-    "NORMAL",
-    "RETURNS",
-    "SOURCE_FILES",
-    "USER",
-    "USER_SPACE",
-    "ExitPath",
-    "Passes",
-    "Return",
-    "config_exits",
-    "exit_paths",
-    "user_exits",
-    "user_space_table",
-})
-
-
+#: idea, and most of the data); the names it exports are still found here (PEP 562)
 def __getattr__(name: str):
-    if name in _RETURN_PATH_NAMES:
-        from vbook.models import vmx_returns
+    from vbook.models import vmx_returns  # not at the top: it imports this module
+
+    if name in vmx_returns.__all__:
         return getattr(vmx_returns, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
