@@ -69,7 +69,8 @@ def test_an_emulated_out_advances_rip_before_the_exit():
     assert "kvm_rip_write(vcpu, ctxt->eip);" in emulate[emulate.index("if (writeback) {"):]
 
 
-CHAPTERS = ("01_kvm_intro", "02_qemu_run_loop", "03_kvm_run_loop", "04_hypercall", "05_shadow_paging")
+CHAPTERS = ("01_kvm_intro", "02_qemu_run_loop", "03_kvm_run_loop", "04_hypercall", "05_shadow_paging",
+            "06_ept")
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
