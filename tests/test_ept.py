@@ -538,7 +538,9 @@ def test_mmio_violation_once_then_misconfig_every_time():
     r = guest_touches(gpas, SLOTS, mem=GuestMemory(4 * MiB), alloc_base=ROOT)
     assert r.exits == ["EPT_VIOLATION", "EPT_MISCONFIG", "EPT_MISCONFIG", "EPT_VIOLATION", "EPT_MISCONFIG"]
     assert [t.emulated for t in r.touches] == [True, True, True, False, True]
-    assert r.pf_fixed == 1 and r.pf_mmio_spte_created == 1 and r.pf_emulate == 4
+    # only the violation went through kvm_mmu_do_page_fault (pf_emulate 1); the three
+    # misconfigurations took handle_mmio_page_fault's "goto emulate" past it
+    assert r.pf_fixed == 1 and r.pf_mmio_spte_created == 1 and r.pf_emulate == 1
     no_cache = guest_touches(gpas[:3], SLOTS, mem=GuestMemory(4 * MiB), alloc_base=ROOT,
                              mmio_caching=False)
     assert no_cache.exits == ["EPT_VIOLATION"] * 3 and no_cache.pf_mmio_spte_created == 0
@@ -584,3 +586,18 @@ def test_property_exits_per_first_touch(gpas):
     assert r.exits == want
     assert r.pf_fixed == len({g >> 12 for g in gpas if g < 64 * 4096})
     assert r.pf_mmio_spte_created == len({g >> 12 for g in gpas if g >= 64 * 4096})
+
+
+def test_oracle_a_misconfiguration_skips_the_counted_fault_path():
+    """kvm_mmu_page_fault: PFERR_RSVD → handle_mmio_page_fault → goto emulate, before
+    kvm_mmu_do_page_fault (which counts pf_taken / pf_emulate)."""
+    from _sources import LINUX_6_1, LINUX_6_1_REV, function_body, git_show
+
+    mmu = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/mmu/mmu.c")
+    body = function_body(mmu, "int noinline kvm_mmu_page_fault(")
+    rsvd = body.index("if (unlikely(error_code & PFERR_RSVD_MASK)) {")
+    assert body.index("goto emulate;", rsvd) < body.index("r = kvm_mmu_do_page_fault(", rsvd)
+    internal = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/mmu/mmu_internal.h")
+    do_pf = internal[internal.index("static inline int kvm_mmu_do_page_fault("):]
+    do_pf = do_pf[:do_pf.index("\n}\n")]
+    assert "vcpu->stat.pf_taken++;" in do_pf and "vcpu->stat.pf_emulate++;" in do_pf

@@ -749,13 +749,15 @@ def guest_touch(tdp: Tdp, gpa: int, access: str = "r") -> Touch:
     :func:`tdp_page_fault` (``handle_ept_violation`` → ``kvm_mmu_page_fault``), and
     after ``RET_PF_FIXED`` the guest re-executes the access, which now translates.
     A misconfiguration goes to ``handle_ept_misconfig`` → ``kvm_mmu_page_fault(gpa,
-    PFERR_RSVD_MASK)`` → ``handle_mmio_page_fault`` → ``RET_PF_EMULATE``."""
+    PFERR_RSVD_MASK)`` → ``handle_mmio_page_fault`` → ``RET_PF_EMULATE``, and
+    ``goto emulate`` skips ``kvm_mmu_do_page_fault``, the only place that counts
+    ``pf_taken`` and ``pf_emulate``: a misconfiguration moves neither (it shows
+    in ``insn_emulation`` and ``mmio_exits``)."""
     t = tdp.tables
     w = walk(t.mem, t.eptp, gpa, access, maxphyaddr=t.maxphyaddr, trace=tdp.trace)
     if w.fault is None:
         return Touch(gpa, access, None)
     if isinstance(w.fault, EptMisconfig):
-        tdp.pf_emulate += 1
         tdp.trace.emit("kvm", "call", "handle_mmio_page_fault", fn="handle_mmio_page_fault", gpa=gpa)
         return Touch(gpa, access, "EPT_MISCONFIG", RetPf.EMULATE.name, True)
     ret = tdp_page_fault(tdp, gpa)
