@@ -41,6 +41,7 @@ from enum import IntEnum, IntFlag
 
 from vbook.errors import MemoryAccessError, PagingError
 from vbook.memory import GuestMemory
+from vbook.models.bits import genmask, size_name
 from vbook.models.vmx import ept_violation_qualification
 from vbook.trace import TraceRecorder
 
@@ -137,11 +138,6 @@ class MemType(IntEnum):
 RESERVED_MEMTYPES = frozenset({2, 3, 7})
 
 
-def _mask(hi: int, lo: int) -> int:
-    """GENMASK_ULL(hi, lo)."""
-    return ((1 << (hi + 1)) - 1) & ~((1 << lo) - 1) if hi >= lo else 0
-
-
 def _rwx_str(rwx: int) -> str:
     return "".join(c if rwx & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
 
@@ -192,13 +188,13 @@ class Eptp:
         (reserved memory type or walk length, bits 11:7 or bits 63:MAXPHYADDR set)."""
         if not 0 <= value < 1 << 64:
             raise EptError(f"EPTP {value!r} is not a 64-bit value")
-        if value & (_mask(11, 7) | _mask(63, maxphyaddr)):
+        if value & (genmask(11, 7) | genmask(63, maxphyaddr)):
             raise EptError(f"EPTP {value:#x} has reserved bits set "
-                           f"({value & (_mask(11, 7) | _mask(63, maxphyaddr)):#x})")
+                           f"({value & (genmask(11, 7) | genmask(63, maxphyaddr)):#x})")
         pwl = (value & VmxEptp.PWL_MASK) >> 3
         if pwl not in (3, 4):
             raise EptError(f"EPTP {value:#x}: page-walk length - 1 is {pwl}; only 3 and 4 are defined")
-        return cls(pml4=value & _mask(maxphyaddr - 1, 12), memtype=value & VmxEptp.MT_MASK,
+        return cls(pml4=value & genmask(maxphyaddr - 1, 12), memtype=value & VmxEptp.MT_MASK,
                    levels=pwl + 1, ad=bool(value & VmxEptp.AD_ENABLE_BIT))
 
     def __repr__(self) -> str:
@@ -323,7 +319,7 @@ class Walk:
             idx = (self.gpa >> (PAGE_SHIFT + 9 * (s.level - 1))) & 511
             lines.append(f"{s.name:<6} {idx:>5}  {s.entry_addr:>#14x}  {s.entry:>#18x}  {_rwx_str(s.rwx)}")
         if self.fault is None:
-            lines.append(f"-> HPA {self.address:#x} ({_size_name(self.page_size)} page, rights "
+            lines.append(f"-> HPA {self.address:#x} ({size_name(self.page_size)} page, rights "
                          f"{_rwx_str(self.rwx)}, memtype {self.memtype})")
         elif isinstance(self.fault, EptViolation):
             lines.append(f"-> EPT_VIOLATION (exit 48), qualification {self.fault.qualification:#x}: "
@@ -335,14 +331,10 @@ class Walk:
 
     def __repr__(self) -> str:
         if self.fault is None:
-            out = f"-> {self.address:#x} ({_size_name(self.page_size)})"
+            out = f"-> {self.address:#x} ({size_name(self.page_size)})"
         else:
             out = f"-> {self.fault!r}"
         return f"Walk(gpa={self.gpa:#x}, {self.access!r}, {len(self.steps)} steps {out})"
-
-
-def _size_name(size: int | None) -> str:
-    return {1 << 12: "4 KiB", 1 << 21: "2 MiB", 1 << 30: "1 GiB"}.get(size or 0, str(size))
 
 
 # --- the walk ---------------------------------------------------------------------
@@ -362,19 +354,19 @@ def misconfig_reason(entry: int, level: int, *, leaf: bool, maxphyaddr: int = DE
         return f"bits 2:0 = {rwx:03b}b: write{'/execute' if rwx & 4 else ''} without read"
     if rwx == 0b100 and not execute_only:
         return "bits 2:0 = 100b: execute-only, which this CPU does not support"
-    high = entry & _mask(51, maxphyaddr)
+    high = entry & genmask(51, maxphyaddr)
     if high:
         return f"reserved bits above MAXPHYADDR={maxphyaddr} set ({high:#x})"
     if level >= 4 and entry & VmxEpt.LARGE_PAGE:
         return f"bit 7 (large page) is reserved in a {LEVEL_NAMES[level]}"
     if not leaf:
-        if entry & _mask(7, 3):
-            return f"bits 7:3 are reserved in a non-leaf {LEVEL_NAMES[level]} ({entry & _mask(7, 3):#x})"
+        if entry & genmask(7, 3):
+            return f"bits 7:3 are reserved in a non-leaf {LEVEL_NAMES[level]} ({entry & genmask(7, 3):#x})"
         return None
     if level > 1:
-        low = entry & _mask(LEVEL_PAGE_SIZE[level].bit_length() - 2, 12)
+        low = entry & genmask(LEVEL_PAGE_SIZE[level].bit_length() - 2, 12)
         if low:
-            return (f"address bits below the {_size_name(LEVEL_PAGE_SIZE[level])} page "
+            return (f"address bits below the {size_name(LEVEL_PAGE_SIZE[level])} page "
                     f"are reserved ({low:#x})")
     mt = (entry & VMX_EPT_MT_MASK) >> VMX_EPT_MT_EPTE_SHIFT
     if mt in RESERVED_MEMTYPES:
@@ -409,7 +401,7 @@ def walk(mem: GuestMemory, eptp: Eptp | int, gpa: int, access: str = "r", *,
     width = PAGE_SHIFT + 9 * ep.levels
     if not 0 <= gpa < 1 << width:
         raise EptError(f"GPA {gpa:#x} is outside the {width}-bit space of a {ep.levels}-level EPT")
-    addr_mask = _mask(maxphyaddr - 1, 12)
+    addr_mask = genmask(maxphyaddr - 1, 12)
     table = ep.pml4
     steps: list[Step] = []
     rwx_and = VMX_EPT_RWX_MASK
@@ -543,9 +535,9 @@ class EptTables:
                      | (VmxEpt.ACCESS_BIT if self.ad else 0))
                 self.mem.write_u64(ea, int(e))
             elif lv in (2, 3) and e & VmxEpt.LARGE_PAGE:
-                raise EptError(f"GPA {gpa:#x} is mapped by a {_size_name(LEVEL_PAGE_SIZE[lv])} "
+                raise EptError(f"GPA {gpa:#x} is mapped by a {size_name(LEVEL_PAGE_SIZE[lv])} "
                                f"{LEVEL_NAMES[lv]} at {ea:#x}; no lower table")
-            table = e & _mask(self.maxphyaddr - 1, 12)
+            table = e & genmask(self.maxphyaddr - 1, 12)
         return table + ((gpa >> (PAGE_SHIFT + 9 * (level - 1))) & 511) * ENTRY_SIZE
 
     def get_entry(self, gpa: int, level: int) -> int:
@@ -567,7 +559,7 @@ class EptTables:
             raise EptError(f"page_size must be 4 KiB, 2 MiB or 1 GiB, got {page_size:#x}")
         if size <= 0 or size % page_size or gpa % page_size or hpa % page_size:
             raise EptError(f"map({gpa:#x}, {hpa:#x}, {size:#x}): GPA, HPA and size must be "
-                           f"positive multiples of the {_size_name(page_size)} page")
+                           f"positive multiples of the {size_name(page_size)} page")
         if not 0 <= rwx <= 7 or not 0 <= memtype <= 7:
             raise EptError(f"rwx and memtype are 3-bit values, got {rwx}, {memtype}")
         for off in range(0, size, page_size):
@@ -624,8 +616,8 @@ def make_mmio_spte(gfn: int, gen: int = 0) -> int:
     access mask 0 (``kvm_mmu_set_ept_masks``). Generation bits 0–7 go to SPTE bits
     3–10, bits 8–18 to bits 52–62 (mmu/spte.h ``MMIO_SPTE_GEN_*``).
     """
-    genmask = (gen << 3) & _mask(10, 3) | (gen << (52 - 8)) & _mask(62, 52)
-    return genmask | VMX_EPT_MISCONFIG_WX_VALUE | gfn << PAGE_SHIFT
+    gen_bits = (gen << 3) & genmask(10, 3) | (gen << (52 - 8)) & genmask(62, 52)
+    return gen_bits | VMX_EPT_MISCONFIG_WX_VALUE | gfn << PAGE_SHIFT
 
 
 @dataclass

@@ -80,6 +80,7 @@ from typing import Any
 
 from vbook.errors import PagingError
 from vbook.memory import GuestMemory
+from vbook.models.bits import genmask, size_name
 from vbook.trace import TraceRecorder
 
 __all__ = [
@@ -140,10 +141,6 @@ _LEAF_LEVEL = {PAGE_SIZE: 1, SIZE_2M: 2, SIZE_1G: 3}
 _ACCESS_NAMES = {"r": "read", "w": "write", "x": "fetch"}
 _FLAG_ORDER = (PteFlags.P, PteFlags.RW, PteFlags.US, PteFlags.PWT, PteFlags.PCD, PteFlags.A,
                PteFlags.D, PteFlags.PS, PteFlags.G, PteFlags.NX)
-
-
-def _bits(hi: int, lo: int) -> int:
-    return ((1 << (hi + 1)) - 1) & ~((1 << lo) - 1)
 
 
 def _flag_names(value: int, flag_type: type[IntFlag]) -> str:
@@ -294,12 +291,8 @@ class Walk:
             lines.append(f"-> #PF error_code={int(f.error_code):#x} ({_flag_names(f.error_code, PfErr)}) "
                          f"cr2={f.cr2:#x} at {LEVEL_NAMES[f.level]}: {f.reason}")
         else:
-            lines.append(f"-> gpa {self.address:#x} ({_size_name(self.page_size)} page)")
+            lines.append(f"-> gpa {self.address:#x} ({size_name(self.page_size)} page)")
         return "\n".join(lines)
-
-
-def _size_name(size: int | None) -> str:
-    return {PAGE_SIZE: "4 KiB", SIZE_2M: "2 MiB", SIZE_1G: "1 GiB"}.get(size or 0, str(size))
 
 
 # --- the walk ------------------------------------------------------------------
@@ -350,8 +343,8 @@ def walk(mem: GuestMemory, cr3: int, gva: int, access: str = "r", user: bool = F
         err |= PfErr.U
     if fetch and (efer_nxe or cr4_smep):
         err |= PfErr.I
-    addr_mask = _bits(maxphyaddr - 1, 12)
-    rsvd_all = _bits(51, maxphyaddr) | (0 if efer_nxe else int(PteFlags.NX))
+    addr_mask = genmask(maxphyaddr - 1, 12)
+    rsvd_all = genmask(51, maxphyaddr) | (0 if efer_nxe else int(PteFlags.NX))
 
     steps: list[Step] = []
 
@@ -391,9 +384,9 @@ def walk(mem: GuestMemory, cr3: int, gva: int, access: str = "r", user: bool = F
         if level >= 4:
             rsvd |= int(PteFlags.PS)
         elif leaf and level == 3:
-            rsvd |= _bits(29, 13)
+            rsvd |= genmask(29, 13)
         elif leaf and level == 2:
-            rsvd |= _bits(20, 13)
+            rsvd |= genmask(20, 13)
         if entry & rsvd:
             return finish(None, None, PageFault(err | PfErr.P | PfErr.RSVD, gva, level,
                                                 f"reserved bit(s) {entry & rsvd:#x} set in the "
@@ -518,10 +511,10 @@ class PageTables:
                 self.mem.write_u64(entry_addr, new | int(table_flags) | PteFlags.P)
                 table = new
             elif entry & PteFlags.PS and level in (2, 3):
-                raise OverlappingMap(f"gva {gva:#x}: already inside a {_size_name(1 << _shift(level))} "
+                raise OverlappingMap(f"gva {gva:#x}: already inside a {size_name(1 << _shift(level))} "
                                      f"page ({LEVEL_NAMES[level]} entry at {entry_addr:#x} = {entry:#x})")
             else:
-                table = entry & _bits(self.maxphyaddr - 1, 12)
+                table = entry & genmask(self.maxphyaddr - 1, 12)
         entry_addr = table + 8 * ((gva >> _shift(leaf_level)) & 0x1FF)
         old = self.mem.read_u64(entry_addr)
         if old & PteFlags.P:
