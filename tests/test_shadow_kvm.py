@@ -19,7 +19,7 @@ import struct
 
 import pytest
 
-from vbook.backends import available
+from vbook import shadow_run
 from vbook.backends.long_mode import (
     GDT_ENTRIES,
     IOMAP_BASE,
@@ -32,11 +32,11 @@ from vbook.backends.long_mode import (
     start_in_long_mode,
     tss_bytes,
 )
-from vbook.errors import GuestError
+from vbook.errors import BackendUnavailable, GuestError
 from vbook.guests import touch_pages
+from vbook.host import why_not_shadow_paging
 from vbook.memory import GuestMemory
 from vbook.models.paging import PageTables, PteFlags
-from vbook.models.shadow import ShadowMmu
 
 NS = (1, 4, 16)
 
@@ -101,83 +101,37 @@ def test_start_refuses_a_tss_that_is_not_identity_mapped():
 
 
 def _kvm():
-    why = available()["kvm"]
-    if why:
-        pytest.skip(f"kvm backend: {why}")
-    from vbook.backends import kvm_stats
+    try:
+        shadow_run.require_kvm()
+    except BackendUnavailable as e:  # the reason is the skip message
+        pytest.skip(f"kvm backend: {e.reason}")
     from vbook.backends.kvm import KvmVcpu
 
-    try:
-        kvm_stats.check_available()
-    except Exception as e:  # noqa: BLE001 - the reason is the skip message
-        pytest.skip(f"KVM stats: {e}")
-    return KvmVcpu, kvm_stats
-
-
-def _shadowing() -> str | None:
-    """None if this host's KVM uses shadow paging, else why the counters cannot be compared."""
-    from vbook.host import detect, mmu_mode
-
-    kind = detect().kind
-    mode = mmu_mode(kind)
-    if kind == "PVM" or mode.startswith("shadow"):
-        return None
-    return f"this {kind} host maps guest memory with {mode}, not shadow paging"
-
-
-def _pass(vcpu, vm, vc, kvm_stats):
-    """One KVM_RUN to the guest's OUT: (the exit, vCPU + VM counter deltas)."""
-    b_vm, b_vc = vm.read(), vc.read()
-    ex = vcpu.run()
-    a_vm, a_vc = vm.read(), vc.read()
-    return ex, {**kvm_stats.delta(b_vc, a_vc), **kvm_stats.delta(b_vm, a_vm)}
-
-
-def _model_pass(mmu: ShadowMmu, accesses, before: dict[str, int] | None = None) -> dict[str, int]:
-    """The model's counter deltas over ``accesses`` (from ``before``, default: now)."""
-    before = mmu.stats() if before is None else before
-    for gva, kind in accesses:
-        mmu.access(gva, kind, user=True)
-    after = mmu.stats()
-    return {k: after[k] - before[k] for k in after}
+    return KvmVcpu
 
 
 @pytest.mark.parametrize("n", NS)
 def test_touch_n_pages_counts_match_the_shadow_model(n):
-    KvmVcpu, kvm_stats = _kvm()
+    KvmVcpu = _kvm()
     g = touch_pages.build(n)
-    model_mem = GuestMemory(g.mem.size, record=False)
-    model_mem.buf[:] = g.mem.buf                    # the same tables, A = D = 0
     vcpu = KvmVcpu.from_guest(g.guest(), timeout=5.0)
     try:
         start_in_long_mode(vcpu, g.mem, g.cr3, g.rip, g.rsp, cpl=3)
-        vm, vc = kvm_stats.vm_stats(vcpu), kvm_stats.vcpu_stats(vcpu)
-        runs = []
-        for _ in range(2):
-            ex, d = _pass(vcpu, vm, vc, kvm_stats)
-            assert ex.reason.name == "IO" and ex.io is not None, ex
-            assert (ex.io.port, ex.io.direction.name, ex.io.data) == (
-                touch_pages.TESTDEV_PORT, "OUT", n.to_bytes(4, "little")), ex
-            runs.append(d)
+        measured = shadow_run.kvm_passes(vcpu, n)  # each pass must end in the guest's OUT of n
         # the guest really ran at CPL 3 in 64-bit mode and stored into every page
         sregs = vcpu.get_sregs()
         assert sregs.long_mode and sregs.cs.l == 1 and sregs.cs.dpl == 3 and sregs.ss.dpl == 3
         assert [vcpu.read_memory(gva, 1)[0] for gva in g.touched] == list(range(n, 0, -1))
-        vm.close()
-        vc.close()
     finally:
         vcpu.close()
 
-    why = _shadowing()
+    why = why_not_shadow_paging()
     if why:
-        pytest.skip(f"{why}: the #PF counters are not shadow paging's (pf_fixed {runs[0]['pf_fixed']})")
-    # The constructor is the first KVM_RUN's kvm_mmu_load (the root: one mmu_cache_miss), which
-    # the measured first pass includes; so the first pass counts from zero.
-    mmu = ShadowMmu(model_mem, g.cr3)
-    zero = {k: 0 for k in mmu.stats()}
-    predicted = [_model_pass(mmu, g.accesses(), zero), _model_pass(mmu, g.accesses())]
-    names = list(predicted[0])   # every counter the model moves, under the kernel's names
-    measured = [{k: d[k] for k in names} for d in runs]
+        pytest.skip(f"{why}: the #PF counters are not shadow paging's (pf_fixed {measured[0]['pf_fixed']})")
+    # every counter the model moves, under the kernel's names; the model's first pass counts
+    # from zero (its constructor is the first KVM_RUN's kvm_mmu_load: see vbook.shadow_run)
+    p = shadow_run.predict(n)
+    predicted = [p.first, p.second]
     assert measured[0] == predicted[0], f"n={n} first pass: measured {measured[0]}, model {predicted[0]}"
     assert measured[1] == predicted[1], f"n={n} second pass: measured {measured[1]}, model {predicted[1]}"
     # what the model says, spelled out: one fault per page touched plus the code page, none again

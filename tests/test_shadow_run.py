@@ -31,15 +31,10 @@ def test_predict_is_repr_stable():
 
 def _shadowing_kvm() -> str | None:
     from vbook.backends import available
-    from vbook.host import detect, mmu_mode
+    from vbook.host import why_not_shadow_paging
 
     why = available()["kvm"]
-    if why:
-        return f"kvm backend: {why}"
-    kind = detect().kind
-    if kind == "PVM" or mmu_mode(kind).startswith("shadow"):
-        return None
-    return f"this {kind} host maps guest memory with {mmu_mode(kind)}, not shadow paging"
+    return f"kvm backend: {why}" if why else why_not_shadow_paging()
 
 
 def test_side_by_side_equal_columns_on_a_shadowing_host():

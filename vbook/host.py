@@ -123,10 +123,20 @@ def mmu_mode(kind: str, sys_module: str = "/sys/module") -> str:
     return "-" if kind == "none" else "unknown"
 
 
+def why_not_shadow_paging(kind: str | None = None) -> str | None:
+    """None if this host's KVM maps guest memory with shadow paging (its #PF counters are
+    shadow paging's), else why not. ``kind``: a :data:`KINDS` value (default: detected)."""
+    kind = detect().kind if kind is None else kind
+    mode = mmu_mode(kind)
+    if mode.startswith("shadow"):
+        return None
+    return f"this {kind} host maps guest memory with {mode}, not shadow paging"
+
+
 def host_line() -> str:
     """:meth:`Host.line` of this machine."""
     return detect().line()
 
 
 __all__ = ["KINDS", "MEANING", "Host", "classify", "cpu_flags", "detect", "has_pvm", "host_line",
-           "mmu_mode"]
+           "mmu_mode", "why_not_shadow_paging"]

@@ -20,17 +20,19 @@ the model's first pass counts from zero. Nothing here prints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from vbook.errors import BackendUnavailable, VbookError
 from vbook.guests import touch_pages
-from vbook.models.shadow import ShadowMmu
+from vbook.models.shadow import ShadowMmu, VcpuStat, VmStat
 
-__all__ = ["COUNTERS", "Passes", "SideBySide", "predict", "measure", "side_by_side"]
+__all__ = ["COUNTERS", "Passes", "SideBySide", "kvm_passes", "measure", "predict", "require_kvm",
+           "side_by_side"]
 
-#: every counter the model moves, under the kernel's names (vCPU, then VM)
-COUNTERS: tuple[str, ...] = tuple(ShadowMmu(touch_pages.build(0).mem, touch_pages.TABLES).stats())
+#: every counter the model moves, under the kernel's names (vCPU, then VM), in
+#: the order of ``ShadowMmu.stats()``
+COUNTERS: tuple[str, ...] = tuple(f.name for cls in (VcpuStat, VmStat) for f in fields(cls))
 
 NS = (1, 4, 16)
 
@@ -67,7 +69,7 @@ def predict(n: int) -> Passes:
     return Passes(n, "model", first, second)
 
 
-def _kvm() -> Any:
+def require_kvm() -> Any:
     """The kvm_stats module, or BackendUnavailable saying why /dev/kvm or its stats cannot be used."""
     from vbook.backends import available
 
@@ -80,35 +82,46 @@ def _kvm() -> Any:
     return kvm_stats
 
 
+def kvm_passes(vcpu: Any, n: int, passes: int = 2) -> list[dict[str, int]]:
+    """Run ``touch_pages.build(n)``, already started on ``vcpu``, for ``passes`` KVM_RUNs:
+    the vCPU and VM counter deltas (``KVM_GET_STATS_FD``) of each, for :data:`COUNTERS`.
+    Each run must end in the guest's ``OUT`` of N, else :class:`~vbook.errors.VbookError`.
+    (``vm_stats`` raises BackendUnavailable where the kernel has no binary stats.)"""
+    from vbook.backends import kvm_stats
+
+    expected = (touch_pages.TESTDEV_PORT, "OUT", n.to_bytes(4, "little"))
+    runs: list[dict[str, int]] = []
+    vm, vc = kvm_stats.vm_stats(vcpu), kvm_stats.vcpu_stats(vcpu)
+    try:
+        for _ in range(passes):
+            b_vm, b_vc = vm.read(), vc.read()
+            ex = vcpu.run()
+            a_vm, a_vc = vm.read(), vc.read()
+            io = ex.io
+            if io is None or (io.port, io.direction.name, io.data) != expected:
+                raise VbookError(f"touch_pages({n}) on kvm: expected OUT {expected[0]:#x}, got {ex}")
+            d = {**kvm_stats.delta(b_vc, a_vc), **kvm_stats.delta(b_vm, a_vm)}
+            runs.append({k: int(d[k]) for k in COUNTERS})
+    finally:
+        vm.close()
+        vc.close()
+    return runs
+
+
 def measure(n: int, timeout: float = 5.0) -> Passes:
     """The same two passes on /dev/kvm: ``KVM_GET_STATS_FD`` deltas around each ``KVM_RUN``."""
-    kvm_stats = _kvm()
+    require_kvm()
     from vbook.backends.kvm import KvmVcpu
     from vbook.backends.long_mode import start_in_long_mode
 
     g = touch_pages.build(n)
-    expected = (touch_pages.TESTDEV_PORT, "OUT", n.to_bytes(4, "little"))
-    runs: list[dict[str, int]] = []
     vcpu = KvmVcpu.from_guest(g.guest(), timeout=timeout)
     try:
         start_in_long_mode(vcpu, g.mem, g.cr3, g.rip, g.rsp, cpl=3)
-        vm, vc = kvm_stats.vm_stats(vcpu), kvm_stats.vcpu_stats(vcpu)
-        try:
-            for _ in range(2):
-                b_vm, b_vc = vm.read(), vc.read()
-                ex = vcpu.run()
-                a_vm, a_vc = vm.read(), vc.read()
-                io = ex.io
-                if io is None or (io.port, io.direction.name, io.data) != expected:
-                    raise VbookError(f"touch_pages({n}) on kvm: expected OUT {expected[0]:#x}, got {ex}")
-                d = {**kvm_stats.delta(b_vc, a_vc), **kvm_stats.delta(b_vm, a_vm)}
-                runs.append({k: int(d[k]) for k in COUNTERS})
-        finally:
-            vm.close()
-            vc.close()
+        first, second = kvm_passes(vcpu, n)
     finally:
         vcpu.close()
-    return Passes(n, "kvm", runs[0], runs[1])
+    return Passes(n, "kvm", first, second)
 
 
 @dataclass(frozen=True)
