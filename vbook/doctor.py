@@ -267,24 +267,28 @@ def _backend_check() -> Check:
     return Check("backend auto", None, pick, f"--backend auto runs guests on {pick} ({why})")
 
 
-def _host_check(paths: Paths, kvm: list[Check]) -> Check:
-    """The one line that says which kind of KVM host real-KVM figures come from."""
-    from vbook.host import MEANING, classify, cpu_flags, has_pvm
+def _host(paths: Paths, kvm: list[Check]):
+    """The :class:`vbook.host.Host` of the machine ``paths`` and the /dev/kvm checks describe."""
+    from vbook.host import classify, cpu_flags, has_pvm
 
     usable = bool(kvm) and kvm[0].ok is True and all(
         c.ok is not False for c in kvm if c.name == "KVM_GET_API_VERSION")
     why = "" if usable else f"{kvm[0].name} {kvm[0].value}"
-    host = classify(usable, cpu_flags(paths.cpuinfo), has_pvm(paths.modules, paths.sys_module),
-                    why)
+    return classify(usable, cpu_flags(paths.cpuinfo), has_pvm(paths.modules, paths.sys_module), why)
+
+
+def _host_check(host) -> Check:
+    """The one line that says which kind of KVM host real-KVM figures come from."""
+    from vbook.host import MEANING
+
     return Check("KVM host", None, f"{host.kind} ({host.evidence})", MEANING[host.kind])
 
 
-def _mmu_check(paths: Paths, host: Check) -> Check:
+def _mmu_check(paths: Paths, host) -> Check:
     """EPT / NPT / shadow paging: what a guest's page faults turn into on this host."""
     from vbook.host import mmu_mode
 
-    kind = host.value.split(" ", 1)[0]
-    mode = mmu_mode(kind, paths.sys_module)
+    mode = mmu_mode(host.kind, paths.sys_module)
     consequence = {
         "EPT": "a guest's first touch of a page is an EPT violation KVM fixes (kvm_tdp_page_fault); "
                "chapter 06's counts can be checked here",
@@ -304,8 +308,8 @@ def doctor(paths: Paths | None = None) -> list[Check]:
     paths = paths or Paths()
     checks: list[Check] = []
     kvm = _kvm_checks(paths)
-    host = _host_check(paths, kvm)
-    checks += [host, _mmu_check(paths, host)]
+    host = _host(paths, kvm)
+    checks += [_host_check(host), _mmu_check(paths, host)]
     checks += kvm
     checks += _cpu_checks(paths)
     checks += _module_checks(paths)
