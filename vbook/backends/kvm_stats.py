@@ -37,12 +37,12 @@ from enum import IntEnum
 from typing import Any
 
 from vbook.errors import BackendUnavailable, KvmError, VbookError
-from vbook.models.kvm_api import KVMIO, Ioctl
+from vbook.models.kvm_api import Cap, Ioctl
 
-#: ``KVM_CAP_BINARY_STATS_FD`` — include/uapi/linux/kvm.h (Linux 6.1.187)
-KVM_CAP_BINARY_STATS_FD = 203
-#: ``KVM_GET_STATS_FD = _IO(KVMIO, 0xce)`` — include/uapi/linux/kvm.h (Linux 6.1.187)
-KVM_GET_STATS_FD = (KVMIO << 8) | 0xCE
+#: ``KVM_CAP_BINARY_STATS_FD`` and ``KVM_GET_STATS_FD = _IO(KVMIO, 0xce)``: kept with the
+#: other constants in :mod:`vbook.models.kvm_api` (pinned there by the C oracle)
+KVM_CAP_BINARY_STATS_FD = int(Cap.BINARY_STATS_FD)
+KVM_GET_STATS_FD = int(Ioctl.GET_STATS_FD)
 
 #: ``KVM_STATS_{TYPE,UNIT,BASE}_{SHIFT,MASK}`` — include/uapi/linux/kvm.h (Linux 6.1.187)
 KVM_STATS_TYPE_SHIFT, KVM_STATS_TYPE_MASK = 0, 0xF << 0

@@ -89,6 +89,7 @@ class Ioctl(IntEnum):
     GET_SUPPORTED_CPUID = _IOWR(0x05, 8)  # struct kvm_cpuid2 header (flexible array)
     SET_SIGNAL_MASK = _IOW(0x8B, 4)  # struct kvm_signal_mask header (flexible array)
     CREATE_PIT2 = _IOW(0x77, SIZEOF_KVM_PIT_CONFIG)  # struct kvm_pit_config
+    GET_STATS_FD = _IO(0xCE)  # returns a read-only fd of binary statistics (vbook.backends.kvm_stats)
 
 
 #: which fds each ioctl may be issued on: Documentation/virt/kvm/api.rst "Type:"
@@ -109,6 +110,7 @@ IOCTL_FD: dict[str, tuple[str, ...]] = {
     "SET_IDENTITY_MAP_ADDR": ("vm",),
     "CREATE_IRQCHIP": ("vm",),
     "CREATE_PIT2": ("vm",),
+    "GET_STATS_FD": ("vm", "vcpu"),
     "ENABLE_CAP": ("vcpu", "vm"),
     "IRQFD": ("vm",),
     "IOEVENTFD": ("vm",),
@@ -242,6 +244,7 @@ class Cap(IntEnum):
     EXCEPTION_PAYLOAD = 164
     X86_USER_SPACE_MSR = 188
     EXIT_HYPERCALL = 201
+    BINARY_STATS_FD = 203
 
 
 KVM_API_VERSION = 12
