@@ -89,6 +89,14 @@ from vbook.models.ept import (
     Tdp,
     VmxEpt,
 )
+from vbook.models.nested_3_15 import (
+    PFERR_GUEST_FINAL_BIT,
+    PFERR_GUEST_FINAL_MASK,
+    PFERR_GUEST_PAGE_BIT,
+    PFERR_GUEST_PAGE_MASK,
+    PFERR_RSVD_MASK,
+    ept_violation_error_code,
+)
 from vbook.models.paging import PageFault
 from vbook.trace import TraceRecorder
 
@@ -98,15 +106,6 @@ __all__ = [
     "L1Memory", "Ept02", "Ept02Fault", "ept02_fault",
 ]
 
-#: arch/x86/include/asm/kvm_host.h (Linux 6.1): the EPT violation hit the final GPA of a
-#: linear address (qualification bit 8 = 1) ...
-PFERR_GUEST_FINAL_BIT = 32
-#: ... or a guest paging-structure access (bit 8 = 0)
-PFERR_GUEST_PAGE_BIT = 33
-PFERR_GUEST_FINAL_MASK = 1 << PFERR_GUEST_FINAL_BIT
-PFERR_GUEST_PAGE_MASK = 1 << PFERR_GUEST_PAGE_BIT
-#: kvm_host.h PFERR_PRESENT_MASK, PFERR_WRITE_MASK, PFERR_USER_MASK, PFERR_RSVD_MASK, PFERR_FETCH_MASK
-_PFERR_PRESENT, _PFERR_WRITE, _PFERR_USER, _PFERR_RSVD, _PFERR_FETCH = 1, 2, 4, 8, 16
 _EPT_ACC = {"r": 1, "w": 2, "x": 4}
 
 
@@ -232,11 +231,8 @@ class Walk2d:
         if isinstance(f, PageFault):
             return int(f.error_code)
         if isinstance(f, EptMisconfig):
-            return _PFERR_RSVD
-        q = f.qualification
-        code = (_PFERR_USER if q & 1 else 0) | (_PFERR_WRITE if q & 2 else 0) | (_PFERR_FETCH if q & 4 else 0)
-        code |= _PFERR_PRESENT if q & (7 << 3) else 0
-        return code | (PFERR_GUEST_FINAL_MASK if q & (1 << 8) else PFERR_GUEST_PAGE_MASK)
+            return PFERR_RSVD_MASK
+        return ept_violation_error_code(f.qualification)
 
     def count(self, kind: str | None = None) -> int:
         return sum(1 for r in self.refs if kind is None or r.kind == kind)
