@@ -448,6 +448,18 @@ class L1Memory:
             raise MemoryAccessError(l1_gpa, 8, self.size)
         self.host_mem.write_u64(hpa, value)
 
+    def write(self, l1_gpa: int, data: bytes) -> None:
+        """``data`` at ``l1_gpa``, page by page through the memslots (a page table, a guest's code)."""
+        data, done = bytes(data), 0
+        while done < len(data):
+            gpa = l1_gpa + done
+            hpa = self.hpa(gpa)
+            if hpa is None:
+                raise MemoryAccessError(l1_gpa, len(data), self.size)
+            n = min(len(data) - done, ept.PAGE_SIZE - (gpa & (ept.PAGE_SIZE - 1)))
+            self.host_mem.write(hpa, data[done:done + n])
+            done += n
+
 
 @dataclass
 class Ept02:
