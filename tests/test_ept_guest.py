@@ -56,3 +56,19 @@ def test_bad_setups():
         EptGuest().hpa(4 << 20)
     with pytest.raises(paging.PagingError):
         EptGuest().map(0x400001, 0x5000)
+
+
+def test_walk_costs_follow_the_formula_and_chart():
+    from vbook.models.ept_guest import walk_costs
+    from vbook.widgets.walk_charts import refs_chart
+    leaf = {K4: 1, M2: 2, G1: 3}
+    costs = walk_costs()
+    assert len(costs) == 18
+    for c in costs:
+        n, m = c.levels - leaf[c.guest_page] + 1, c.ept_levels - leaf[c.ept_page] + 1
+        assert (c.native, c.guest, c.refs) == (n, n, refs_count(n, m))
+    assert max(c.refs for c in costs) == 35 and min(c.refs for c in costs) == 8
+    fig = refs_chart(costs)
+    bars = [p for ax in fig.axes for p in ax.patches]
+    assert len(fig.axes) == 2 and len(bars) == 2 * 3 * 4
+    assert sorted(int(b.get_height()) for b in bars[:12])[-1] == 24

@@ -22,6 +22,7 @@ picks the mappings). One host memory holds everything:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from vbook.memory import GuestMemory
@@ -31,7 +32,7 @@ from vbook.models.nested import L1Memory, NestedError, Walk2d, walk_2d
 from vbook.models.paging import PageTables, PteFlags
 from vbook.trace import TraceRecorder
 
-__all__ = ["EptGuest", "K4", "M2", "G1"]
+__all__ = ["EptGuest", "WalkCost", "walk_costs", "K4", "M2", "G1"]
 
 K4, M2, G1 = ept.PAGE_SIZE, 1 << 21, 1 << 30
 
@@ -104,3 +105,44 @@ class EptGuest:
         return (f"EptGuest({self.levels}-level guest paging on {self.ept.levels}-level EPT; guest RAM "
                 f"GPA [{self.gbase:#x}, {self.gbase + self.ram:#x}) at HPA {self.hbase:#x}; "
                 f"CR3 {self.cr3:#x}, EPTP {self.eptp:#x})")
+
+
+@dataclass(frozen=True)
+class WalkCost:
+    """What one TLB miss costs for one configuration, counted on real tables by real walks.
+
+    ``native`` is the guest walk alone (:func:`vbook.models.paging.walk` on the
+    guest's tables, as without EPT); ``guest`` + ``ept`` = ``refs`` the 2-D walk's
+    references (:func:`vbook.models.nested.walk_2d`)."""
+
+    levels: int
+    ept_levels: int
+    guest_page: int
+    ept_page: int
+    native: int
+    guest: int
+    ept: int
+
+    @property
+    def refs(self) -> int:
+        return self.guest + self.ept
+
+
+def walk_costs(levels: tuple[int, ...] = (4, 5),
+               page_sizes: tuple[int, ...] = (K4, M2, G1)) -> tuple[WalkCost, ...]:
+    """One :class:`WalkCost` per (levels, guest page size, EPT page size): the guest and
+    the EPT with the same number of levels, one page of each size mapped and walked."""
+    out = []
+    for lv in levels:
+        for gp in page_sizes:
+            for ep in page_sizes:
+                g = EptGuest(lv, lv, ep)
+                gva = G1 * 2 if gp == G1 else 0x400000      # aligned for its page size
+                gpa = g.gbase + (0x5000 if gp == K4 else 0)
+                g.map(gva, gpa, gp)
+                w = g.walk(gva + 0x123)
+                if not w.ok:
+                    raise NestedError(f"walk_costs: {w!r} faulted")
+                native = g.guest_walk(gva + 0x123)
+                out.append(WalkCost(lv, lv, gp, ep, len(native.steps), w.count("guest"), w.count("ept")))
+    return tuple(out)
