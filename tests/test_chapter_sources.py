@@ -70,7 +70,7 @@ def test_an_emulated_out_advances_rip_before_the_exit():
 
 
 CHAPTERS = ("01_kvm_intro", "02_qemu_run_loop", "03_kvm_run_loop", "04_hypercall", "05_shadow_paging",
-            "06_ept")
+            "06_ept", "07_ept_nested")
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
@@ -199,3 +199,23 @@ def test_qemu_does_not_enforce_pv_cpuid_by_default():
     cpu = git_show(QEMU_9, "HEAD", "target/i386/cpu.c")
     prop = cpu[cpu.index('DEFINE_PROP_BOOL("kvm-pv-enforce-cpuid"'):]
     assert prop[:prop.index(")")].replace("\n", " ").split(",")[-1].strip() == "false"
+
+
+def test_with_ept_a_guest_pf_is_the_guests_and_l0_takes_every_ept_violation_of_l2():
+    """Chapter 07: with enable_ept KVM stops intercepting #PF (unless the guest's MAXPHYADDR
+    is smaller than the host's); an EPT violation while L2 runs always goes to L0; nested=1 by
+    default; nested_run is a vCPU stat; KVM picks the EPT page size per fault."""
+    vmx_h = _linux("arch/x86/kvm/vmx/vmx.h")
+    need = function_body(vmx_h, "static inline bool vmx_need_pf_intercept(struct kvm_vcpu *vcpu)")
+    assert "if (!enable_ept)\n\t\treturn true;" in need
+    vmx_c = _linux("arch/x86/kvm/vmx/vmx.c")
+    eb = function_body(vmx_c, "void vmx_update_exception_bitmap(struct kvm_vcpu *vcpu)")
+    assert "if (!vmx_need_pf_intercept(vcpu))\n\t\teb &= ~(1u << PF_VECTOR);" in eb
+    assert "static bool __read_mostly nested = 1;\nmodule_param(nested, bool, S_IRUGO);" in vmx_c
+    nested = _linux("arch/x86/kvm/vmx/nested.c")
+    wants = function_body(nested, "static bool nested_vmx_l0_wants_exit(struct kvm_vcpu *vcpu,")
+    case = wants[wants.index("case EXIT_REASON_EPT_VIOLATION:"):]
+    assert case[:case.index("case EXIT_REASON_EPT_MISCONFIG:")].rstrip().endswith("return true;")
+    assert "STATS_DESC_COUNTER(VCPU, nested_run)," in _linux("arch/x86/kvm/x86.c")
+    mmu = _linux("arch/x86/kvm/mmu/mmu.c")
+    assert "fault->req_level = kvm_mmu_max_mapping_level(vcpu->kvm, slot," in mmu
