@@ -103,3 +103,38 @@ def test_bad_input_is_typed():
     mem.write_u64(pt.cr3, 0x10_0000_0000 | 1)  # PML4[0] points far outside memory
     with pytest.raises(paging.TableOutsideMemory):
         walk_many(mem, pt.cr3, [0x1000])
+
+
+@st.composite
+def uniform(draw):
+    """Only mapped addresses, all pages one size: walk_many's unmasked path at every level."""
+    mem = GuestMemory(MEM, record=False)
+    pt = PageTables(mem, TABLES)
+    size = draw(st.sampled_from((4096, SIZE_2M)))
+    gvas = []
+    for _ in range(draw(st.integers(1, 10))):
+        gva = draw(st.integers(0, (1 << 47) // size - 1)) * size
+        flags = PteFlags(0)
+        for f in (PteFlags.RW, PteFlags.US, PteFlags.NX):
+            if draw(st.booleans()):
+                flags |= f
+        try:
+            pt.map(gva, draw(st.integers(0, 0xFF)) * size, size=size, flags=flags)
+        except paging.MapError:
+            continue
+        gvas += [gva + draw(st.integers(0, size - 1)) for _ in range(3)]
+    opts = dict(access=draw(st.sampled_from("rwx")), user=draw(st.booleans()),
+                cr0_wp=draw(st.booleans()), cr4_smep=draw(st.booleans()),
+                cr4_smap=draw(st.booleans()), efer_nxe=draw(st.booleans()))
+    return mem, pt.cr3, gvas, opts
+
+
+@settings(max_examples=100, deadline=None)
+@given(uniform())
+def test_walk_many_equals_walk_when_every_lane_walks(s):
+    mem, cr3, gvas, opts = s
+    many = walk_many(mem, cr3, gvas, **opts)
+    for i, gva in enumerate(gvas):
+        got = (int(many.address[i]), int(many.page_size[i]), bool(many.fault[i]),
+               int(many.error_code[i]), int(many.refs[i]))
+        assert got == _scalar(mem, cr3, gva, **opts), f"gva {gva:#x}"

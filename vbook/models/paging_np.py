@@ -87,13 +87,14 @@ def walk_many(mem: GuestMemory, cr3: int, gvas, access: str = "r", user: bool = 
     for level in range(levels, 0, -1):
         shift = np.uint64(12 + 9 * (level - 1))
         word = table + ((gva_i >> int(shift)) & 0x1FF)
-        if np.max(word, where=active, initial=0) > last:
+        # inactive lanes re-read inside a table already read, so the plain max is exact enough
+        # to skip the masked one in the usual case
+        if word.max(initial=0) > last and np.max(word, where=active, initial=0) > last:
             bad_at = int(word[active & (word > last)][0]) * 8
             raise TableOutsideMemory(level, bad_at, mem.size, None)
         entry = np.take(words, word, mode="clip")  # stale lanes: harmless reads
         refs += active
         walking = active & ((entry & _P) != 0)
-        notpresent |= active ^ walking
         rsvd = rsvd_all | (_PS if level >= 4 else _ZERO)
         if level in (2, 3):
             leaf = walking & ((entry & _PS) != 0)
@@ -106,6 +107,17 @@ def walk_many(mem: GuestMemory, cr3: int, gvas, access: str = "r", user: bool = 
             rsvdfault |= hit
             walking = walking & ~hit
             leaf = leaf & ~hit
+        if walking.all() and (level == 1 or not leaf.any()):
+            # the usual case, every lane walking and none at its leaf above level 1: no masks
+            np.bitwise_and(all_bits, entry, out=all_bits)
+            np.bitwise_or(any_bits, entry, out=any_bits)
+            if level == 1:
+                leaf_entry, leaf_shift[:] = entry, shift
+                active = no_leaf
+            else:
+                table = ((entry & addr_mask) >> np.uint64(3)).view(np.int64)
+            continue
+        notpresent |= active ^ walking
         np.bitwise_and(all_bits, entry, out=all_bits, where=walking)
         np.bitwise_or(any_bits, entry, out=any_bits, where=walking)
         np.copyto(leaf_entry, entry, where=leaf)
