@@ -15,7 +15,16 @@ stores one byte into each data page and leaves with an ``OUT``; the next
 
 The model's constructor is the first ``KVM_RUN``'s ``kvm_mmu_load`` (the root
 shadow page: one ``mmu_cache_miss``), which the measured first pass includes, so
-the model's first pass counts from zero. Nothing here prints.
+the model's first pass counts from zero.
+
+The three write scenarios (:mod:`vbook.guests.shadow_writes`: a CPL-3 guest
+that writes one of its own page-table entries K times, one ``KVM_RUN`` per
+write) have the same three parts: :func:`predict_writes` replays the built
+guest's accesses (``ShadowWrites.runs()``, with the values written) on a
+:class:`~vbook.models.shadow.ShadowMmu`; :func:`measure_writes` /
+:func:`kvm_write_runs` take the ``KVM_GET_STATS_FD`` deltas of each ``KVM_RUN``
+and the value each run's ``OUT`` carried (what the guest read after its write);
+:func:`writes_side_by_side` gives a :class:`WritesSideBySide`. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vbook.errors import BackendUnavailable, VbookError
-from vbook.guests import touch_pages
+from vbook.guests import shadow_writes, touch_pages
 from vbook.models.shadow import ShadowMmu, VcpuStat, VmStat
 
-__all__ = ["COUNTERS", "Passes", "SideBySide", "kvm_passes", "measure", "predict", "require_kvm",
-           "side_by_side"]
+__all__ = ["COUNTERS", "SCENARIOS", "WRITE_KS", "Passes", "SideBySide", "WriteRuns",
+           "WritesSideBySide", "kvm_passes", "kvm_write_runs", "measure", "measure_writes", "predict",
+           "predict_writes", "replay_writes", "require_kvm", "side_by_side", "writes_side_by_side"]
 
 #: every counter the model moves, under the kernel's names (vCPU, then VM), in
 #: the order of ``ShadowMmu.stats()``
@@ -190,3 +200,201 @@ def side_by_side(ns: tuple[int, ...] = NS) -> SideBySide:
 
     kind = detect().kind
     return SideBySide(ns, model, kernel, None, f"{kind}, {mmu_mode(kind)}")
+
+
+# --- the write scenarios: a guest writing its own page-table entries -----------------------
+
+#: the scenarios of :mod:`vbook.guests.shadow_writes`: name -> what the guest does
+SCENARIOS: dict[str, str] = dict(shadow_writes.SCENARIOS)
+#: the K of chapter 05's tables (each run j <= K is the same in every K)
+WRITE_KS = (1, 2, 3, 5)
+
+
+def _zero() -> dict[str, int]:
+    return dict.fromkeys(COUNTERS, 0)
+
+
+@dataclass(frozen=True)
+class WriteRuns:
+    """The counter deltas of each ``KVM_RUN`` of ``shadow_writes.build(scenario, k)``, from ``source``.
+
+    ``runs[0]`` is run 0 (the first fetch and the read of PROBE); ``runs[j]`` is
+    write j, j = 1 .. K. ``seen[j]`` is what run j's ``OUT`` carried: the low 32
+    bits of what the guest read after the write (of PROBE in run 0).
+    """
+
+    scenario: str
+    k: int
+    source: str                    # "model" or "kvm"
+    runs: tuple[dict[str, int], ...]
+    seen: tuple[int, ...]
+
+    @property
+    def total(self) -> dict[str, int]:
+        """The sums over every run: what one read of the counters around the whole guest gives."""
+        return {c: sum(r[c] for r in self.runs) for c in COUNTERS}
+
+    def __repr__(self) -> str:
+        moved = ", ".join(f"{c}={v}" for c, v in self.total.items() if v) or "nothing"
+        return f"WriteRuns({self.scenario!r}, k={self.k}, {self.source}: {len(self.runs)} runs, {moved})"
+
+
+def replay_writes(g: shadow_writes.ShadowWrites) -> WriteRuns:
+    """Run :class:`ShadowMmu` over the built guest's accesses, run by run (``g.mem`` changes as
+    the guest's and KVM's writes land: the values written, the A/D bits KVM's walker sets);
+    what the guest reads after each write is the first 4 bytes at the spte's frame."""
+    mmu = ShadowMmu(g.mem, g.cr3)
+    before, runs, seen = _zero(), [], []
+    for j, run in enumerate(g.runs()):
+        read = 0
+        for a in run:
+            if a.kind == "w":
+                mmu.write(a.gva, a.value, a.size, user=True)
+                continue
+            o = mmu.access(a.gva, a.kind, user=True)
+            if o.gpa is None:
+                raise VbookError(f"shadow_writes {g.scenario} run {j}: the model says {a} faults "
+                                 f"({o.ret}); the guest has no IDT for that")
+            if a.kind == "r":
+                read = g.mem.read_u32(o.gpa)
+        after = mmu.stats()
+        runs.append({c: after[c] - before[c] for c in COUNTERS})
+        seen.append(read)
+        before = after
+    return WriteRuns(g.scenario, g.k, "model", tuple(runs), tuple(seen))
+
+
+def predict_writes(scenario: str, k: int) -> WriteRuns:
+    """What :class:`ShadowMmu` counts, run by run, for ``shadow_writes.build(scenario, k)``,
+    and what the guest reads after each write: :func:`replay_writes` of a fresh build."""
+    return replay_writes(shadow_writes.build(scenario, k))
+
+
+def kvm_write_runs(vcpu: Any, g: shadow_writes.ShadowWrites) -> tuple[list[dict[str, int]], list[int]]:
+    """Run ``g`` (already started on ``vcpu``) for its K + 1 ``KVM_RUN``s: the vCPU and VM
+    counter deltas (``KVM_GET_STATS_FD``) of each, for :data:`COUNTERS`, and the 32-bit value
+    each run's ``OUT`` carried. Every run must end in the guest's 4-byte ``OUT`` to the test
+    port, and one more run in its ``OUT`` of ``DONE`` (so the guest did exactly K writes),
+    else :class:`~vbook.errors.VbookError`."""
+    from vbook.backends import kvm_stats
+
+    def out(ex: Any, j: int) -> int:
+        io = ex.io
+        if io is None or io.port != shadow_writes.TESTDEV_PORT or io.direction.name != "OUT" \
+                or len(io.data) != 4:
+            raise VbookError(f"shadow_writes {g.scenario} on kvm, run {j}: expected a 4-byte OUT to "
+                             f"{shadow_writes.TESTDEV_PORT:#x}, got {ex}")
+        return int.from_bytes(io.data, "little")
+
+    runs: list[dict[str, int]] = []
+    seen: list[int] = []
+    vm, vc = kvm_stats.vm_stats(vcpu), kvm_stats.vcpu_stats(vcpu)
+    try:
+        for j in range(g.k + 1):
+            b_vm, b_vc = vm.read(), vc.read()
+            ex = vcpu.run()
+            a_vm, a_vc = vm.read(), vc.read()
+            seen.append(out(ex, j))
+            d = {**kvm_stats.delta(b_vc, a_vc), **kvm_stats.delta(b_vm, a_vm)}
+            runs.append({c: int(d[c]) for c in COUNTERS})
+    finally:
+        vm.close()
+        vc.close()
+    last = out(vcpu.run(), g.k + 1)
+    if last != shadow_writes.DONE:
+        raise VbookError(f"shadow_writes {g.scenario} on kvm: after {g.k} writes the guest sent "
+                         f"{last:#x}, not DONE {shadow_writes.DONE:#x}")
+    return runs, seen
+
+
+def measure_writes(scenario: str, k: int, timeout: float = 5.0) -> WriteRuns:
+    """The same runs on /dev/kvm: ``KVM_GET_STATS_FD`` deltas around each ``KVM_RUN``."""
+    g = shadow_writes.build(scenario, k)          # bad input fails before any KVM is asked
+    require_kvm()
+    from vbook.backends.kvm import KvmVcpu
+    from vbook.backends.long_mode import start_in_long_mode
+
+    vcpu = KvmVcpu.from_guest(g.guest(), timeout=timeout)
+    try:
+        start_in_long_mode(vcpu, g.mem, g.cr3, g.rip, g.rsp, cpl=3)
+        runs, seen = kvm_write_runs(vcpu, g)
+    finally:
+        vcpu.close()
+    return WriteRuns(scenario, k, "kvm", tuple(runs), tuple(seen))
+
+
+@dataclass(frozen=True)
+class WritesSideBySide:
+    """Model and kernel, run by run, for one scenario and K; ``kernel`` None (with ``why``) if
+    not measured."""
+
+    scenario: str
+    k: int
+    model: WriteRuns
+    kernel: WriteRuns | None
+    why: str | None = None
+    host: str = ""
+
+    @property
+    def equal(self) -> bool | None:
+        """Every counter of every run, and what the guest read, the same? None if not measured."""
+        if self.kernel is None:
+            return None
+        return (self.model.runs, self.model.seen) == (self.kernel.runs, self.kernel.seen)
+
+    def _shown(self) -> list[str]:
+        runs = list(self.model.runs) + list(self.kernel.runs if self.kernel else ())
+        return [c for c in COUNTERS if any(r[c] for r in runs)]
+
+    def table(self) -> str:
+        g = shadow_writes.build(self.scenario, 0)
+        what = " / ".join(f"{v:#x}" for v in dict.fromkeys(g.values))   # odd / even writes
+        heads = [f"run {j}" for j in range(self.k + 1)] + ["total"]
+        k = self.kernel
+        rows: list[tuple[str, list[str]]] = []
+        for c in self._shown():
+            m = [self.model.runs[j][c] for j in range(self.k + 1)] + [self.model.total[c]]
+            kv = ([k.runs[j][c] for j in range(self.k + 1)] + [k.total[c]]) if k else [None] * len(m)
+            rows.append((c, [f"{a}/{'—' if b is None else b}" for a, b in zip(m, kv, strict=True)]))
+        rows.append(("guest read, model", [f"{v:#x}" for v in self.model.seen] + [""]))
+        rows.append(("guest read, kernel", ([f"{v:#x}" for v in k.seen] if k else
+                                            ["—"] * (self.k + 1)) + [""]))
+        w = max(len(s) for _, cells in rows for s in cells + heads) + 2
+        lines = [f"{self.scenario}, K = {self.k}: {SCENARIOS[self.scenario]}",
+                 f"run 0 reads {g.probe:#x}; run j writes {what} to {g.entry:#x}, then reads "
+                 f"{g.look:#x}   (cells: model/kernel)",
+                 f"{'counter':20s}" + "".join(f"{h:>{w}s}" for h in heads)]
+        lines += [(f"{name:20s}" + "".join(f"{s:>{w}s}" for s in cells)).rstrip() for name, cells in rows]
+        zero = [c for c in COUNTERS if c not in self._shown()]
+        if zero:
+            lines.append(f"0 in every run{'' if k is None else ', in both'}: {', '.join(zero)}")
+        if k is None:
+            lines.append(f"kernel: unavailable: {self.why}")
+        else:
+            lines.append(f"kernel: KVM_GET_STATS_FD on /dev/kvm ({self.host}); "
+                         f"equal to the model: {self.equal}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        head = f"WritesSideBySide({self.scenario!r}, K = {self.k}: "
+        if self.kernel is None:
+            return head + f"model only; kernel unavailable: {self.why})"
+        return head + f"model vs kvm ({self.host}), equal: {self.equal})"
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def writes_side_by_side(scenario: str, k: int = WRITE_KS[-1]) -> WritesSideBySide:
+    """:func:`predict_writes` and, where it can be done, :func:`measure_writes`."""
+    model = predict_writes(scenario, k)
+    try:
+        kernel = measure_writes(scenario, k)
+    except BackendUnavailable as e:
+        return WritesSideBySide(scenario, k, model, None, e.reason)
+    except VbookError as e:
+        return WritesSideBySide(scenario, k, model, None, f"{type(e).__name__}: {e}")
+    from vbook.host import detect, mmu_mode
+
+    kind = detect().kind
+    return WritesSideBySide(scenario, k, model, kernel, None, f"{kind}, {mmu_mode(kind)}")
