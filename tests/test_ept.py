@@ -601,3 +601,15 @@ def test_oracle_a_misconfiguration_skips_the_counted_fault_path():
     do_pf = internal[internal.index("static inline int kvm_mmu_do_page_fault("):]
     do_pf = do_pf[:do_pf.index("\n}\n")]
     assert "vcpu->stat.pf_taken++;" in do_pf and "vcpu->stat.pf_emulate++;" in do_pf
+
+
+def test_self_referencing_ept_terminates():
+    """An EPT PML4E that points at the PML4 itself: the walk is bounded by the levels, never a loop."""
+    host = GuestMemory(0x200000, record=False)
+    t = EptTables(host, 0x100000)
+    root = t.root
+    host.write_u64(root, root | 0b111)           # PML4E[0] -> the PML4 page, RWX
+    w = walk(host, t.eptp, 0x123, "r")
+    assert len(w.steps) == 4 and all(s.entry_addr == root for s in w.steps)
+    # the "leaf" is the PML4 entry read as a PTE: memory type 0 (UC), so GPA 0 maps to the PML4 page
+    assert w.ok and w.address == root | 0x123
