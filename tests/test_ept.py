@@ -613,3 +613,33 @@ def test_self_referencing_ept_terminates():
     assert len(w.steps) == 4 and all(s.entry_addr == root for s in w.steps)
     # the "leaf" is the PML4 entry read as a PTE: memory type 0 (UC), so GPA 0 maps to the PML4 page
     assert w.ok and w.address == root | 0x123
+
+
+def test_tdp_maps_2m_pages_where_the_memslot_allows():
+    from vbook.models.ept import Tdp, guest_touch, max_mapping_level
+    m2 = 1 << 21
+    slot = Memslot.of(0, 5 * m2 + 0x1000, 4 * m2)            # 5 whole 2 MiB frames and one page
+    tdp = Tdp(EptTables(GuestMemory(0x100000, record=False), 0x1000), [slot], hugepages=True)
+    assert guest_touch(tdp, 0x123456, "w").ret == "FIXED"
+    w = walk(tdp.tables.mem, tdp.tables.eptp, 0x1FFFF8, "r")     # the same 2 MiB frame: no fault
+    assert w.ok and w.page_size == m2 and w.address == 4 * m2 + 0x1FFFF8
+    assert guest_touch(tdp, 0x1FFFF8, "r").exit is None and tdp.pf_fixed == 1
+    assert guest_touch(tdp, 5 * m2 + 8, "r").ret == "FIXED"       # the partial frame: 4 KiB
+    assert walk(tdp.tables.mem, tdp.tables.eptp, 5 * m2).page_size == 0x1000
+    assert max_mapping_level(slot, 0x10, False) == 1                # no huge pages behind it
+    assert max_mapping_level(Memslot.of(0, 4 * m2, m2 + 0x1000), 0x10, True) == 1   # misaligned
+    assert max_mapping_level(None, 0x10, True) == 1
+
+
+def test_oracle_max_mapping_level_and_lpage_info():
+    from _sources import LINUX_6_1, LINUX_6_1_REV, git_show
+    mmu = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/mmu/mmu.c")
+    assert "int kvm_mmu_max_mapping_level(struct kvm *kvm," in mmu
+    x86 = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/x86.c")
+    body = x86[x86.index("static int kvm_alloc_memslot_metadata("):]
+    body = body[:body.index("\n}\n")]
+    # a partial frame at either end, and a slot whose gfn and hva are not equally aligned,
+    # disallow large pages (lpage_info[...].disallow_lpage = 1)
+    assert "if (slot->base_gfn & (KVM_PAGES_PER_HPAGE(level) - 1))" in body
+    assert "if ((slot->base_gfn + npages) & (KVM_PAGES_PER_HPAGE(level) - 1))" in body
+    assert "if ((slot->base_gfn ^ ugfn) & (KVM_PAGES_PER_HPAGE(level) - 1))" in body

@@ -322,7 +322,15 @@ def test_ept_ad_makes_guest_table_reads_writes():
         w = m.walk()
         assert w.ok is ok
         if not ok:
-            assert w.fault_on == "guest_page" and w.fault.qualification & 2 and w.fault.rwx == 1
+            assert w.fault_on == "guest_page" and w.fault.rwx == 1
+            # a read *and* a write, as KVM's walker asks: nested_access = WRITE | USER with A/D
+            assert w.fault.qualification & 3 == 3 and not w.fault.qualification & QUAL_TRANSLATED
+            assert w.error_code & 6 == 6                      # PFERR_USER | PFERR_WRITE
+
+
+def test_oracle_ad_guest_table_accesses_are_reads_and_writes():
+    tmpl = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/mmu/paging_tmpl.h")
+    assert "nested_access = (have_ad ? PFERR_WRITE_MASK : 0) | PFERR_USER_MASK;" in tmpl
 
 
 def test_ept_misconfig_on_the_final_page():

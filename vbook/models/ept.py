@@ -311,15 +311,17 @@ class Walk:
     def ok(self) -> bool:
         return self.fault is None
 
-    def table(self) -> str:
-        """A plain-text rendering: one line per entry, then the outcome."""
+    def table(self, space: str = "HPA") -> str:
+        """A plain-text rendering: one line per entry, then the outcome. ``space`` names the
+        address space the tables are in and the walk's result: "HPA" for KVM's own EPT,
+        "L1 GPA" for an EPT12 that L1 wrote in its memory."""
         lines = [f"EPT walk of GPA {self.gpa:#x} ({_ACCESS_NAME[self.access]}), EPTP {self.eptp:#x}",
-                 f"{'entry':<6} {'index':>5}  {'at HPA':>14}  {'value':>18}  rwx"]
+                 f"{'entry':<6} {'index':>5}  {'at ' + space:>14}  {'value':>18}  rwx"]
         for s in self.steps:
             idx = (self.gpa >> (PAGE_SHIFT + 9 * (s.level - 1))) & 511
             lines.append(f"{s.name:<6} {idx:>5}  {s.entry_addr:>#14x}  {s.entry:>#18x}  {_rwx_str(s.rwx)}")
         if self.fault is None:
-            lines.append(f"-> HPA {self.address:#x} ({size_name(self.page_size)} page, rights "
+            lines.append(f"-> {space} {self.address:#x} ({size_name(self.page_size)} page, rights "
                          f"{_rwx_str(self.rwx)}, memtype {self.memtype})")
         elif isinstance(self.fault, EptViolation):
             lines.append(f"-> EPT_VIOLATION (exit 48), qualification {self.fault.qualification:#x}: "
@@ -629,6 +631,9 @@ class Tdp:
     tables: EptTables
     memslots: Sequence[Memslot]
     mmio_caching: bool = True
+    #: the memslot's host memory is backed by 2 MiB pages (hugetlbfs / THP), no dirty
+    #: logging, ``nx_huge_pages`` off: KVM may map 2 MiB EPT pages (:func:`max_mapping_level`)
+    hugepages: bool = False
     pf_fixed: int = 0
     pf_emulate: int = 0
     pf_spurious: int = 0
@@ -647,9 +652,25 @@ class Tdp:
         return tdp_page_fault(self, gpa)
 
 
+def max_mapping_level(slot: Memslot | None, gfn: int, hugepages: bool) -> int:
+    """The EPT level KVM maps ``gfn`` at: 2 (a 2 MiB page) when the host backs the memslot
+    with 2 MiB pages (``hugepages``), the whole 2 MiB-aligned frame of ``gfn`` lies in the
+    memslot, and guest and host frames are equally aligned — ``kvm_mmu_max_mapping_level``
+    (host_pfn_mapping_level, the slot's ``lpage_info`` disallow counts set by
+    ``kvm_alloc_memslot_metadata`` for a misaligned or partial frame), Linux 6.1
+    arch/x86/kvm/mmu/mmu.c; else 1. 1 GiB pages are not modelled."""
+    if not hugepages or slot is None:
+        return 1
+    first = gfn & ~511
+    if first < slot.base_gfn or first + 512 > slot.base_gfn + slot.npages:
+        return 1
+    return 2 if (slot.base_gfn - slot.host_pfn) % 512 == 0 else 1
+
+
 def tdp_page_fault(tdp: Tdp, gpa: int) -> RetPf:
     """KVM's ``kvm_tdp_page_fault`` → ``direct_page_fault`` for an EPT violation at
-    ``gpa`` (mmu.c, tdp_mmu.c, Linux 6.1), 4 KiB pages only:
+    ``gpa`` (mmu.c, tdp_mmu.c, Linux 6.1), with 4 KiB pages, or 2 MiB ones where
+    :func:`max_mapping_level` allows (``fault->goal_level``):
 
     * ``kvm_vcpu_gfn_to_memslot``; a memslot → ``kvm_faultin_pfn`` gives the host
       pfn, ``kvm_tdp_mmu_map`` allocates missing tables and
@@ -671,13 +692,16 @@ def tdp_page_fault(tdp: Tdp, gpa: int) -> RetPf:
     if slot is None and not tdp.mmio_caching:
         ret = RetPf.EMULATE
     else:
-        ea = t.entry_addr(gpa, 1, create=True)
+        level = max_mapping_level(slot, gfn, tdp.hugepages)
+        ea = t.entry_addr(gpa, level, create=True)
         if slot is None:
             new = make_mmio_spte(gfn)
         else:
-            hpa = (slot.host_pfn + gfn - slot.base_gfn) << PAGE_SHIFT
+            frame = gfn & ~((1 << (9 * (level - 1))) - 1)
+            hpa = (slot.host_pfn + frame - slot.base_gfn) << PAGE_SHIFT
             new = (hpa | VMX_EPT_RWX_MASK | MemType.WB << VMX_EPT_MT_EPTE_SHIFT | VmxEpt.IPAT_BIT
-                   | SPTE_MMU_PRESENT_MASK | (VmxEpt.ACCESS_BIT if t.ad else 0))
+                   | SPTE_MMU_PRESENT_MASK | (VmxEpt.ACCESS_BIT if t.ad else 0)
+                   | (VmxEpt.LARGE_PAGE if level > 1 else 0))
         old = t.mem.read_u64(ea)
         if new == old:
             ret = RetPf.SPURIOUS
@@ -778,7 +802,8 @@ def guest_touches(gpas: Iterable[int | tuple[int, str]], memslots: Sequence[Mems
 
 
 __all__ = [
-    "DEFAULT_MAXPHYADDR", "EXIT_REASON_EPT_MISCONFIG", "EXIT_REASON_EPT_VIOLATION", "LEVEL_NAMES",
+    "max_mapping_level", "DEFAULT_MAXPHYADDR", "EXIT_REASON_EPT_MISCONFIG", "EXIT_REASON_EPT_VIOLATION",
+    "LEVEL_NAMES",
     "RESERVED_MEMTYPES", "SPTE_MMU_PRESENT_MASK", "VMX_EPT_MISCONFIG_WX_VALUE", "VMX_EPT_MT_EPTE_SHIFT",
     "VMX_EPT_MT_MASK", "VMX_EPT_RWX_MASK", "EptCap", "EptError", "EptMisconfig", "EptTables",
     "EptViolation", "EptWalkError", "Eptp", "MemType", "Memslot", "RetPf", "Step", "Tdp", "Touch",

@@ -70,7 +70,7 @@ deterministic, stdlib only; records a Trace; never prints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vbook.errors import MemoryAccessError, PagingError
@@ -342,8 +342,13 @@ class _Walker2d:
         return w
 
     def translate(self, gpa: int, level: int) -> int:
-        # the CPU's reads of guest paging structures are writes to the EPT when EPTP A/D is on
+        # The CPU's reads of guest paging structures are writes to the EPT when EPTP A/D is
+        # on, and a violation then reports both a read and a write (qualification bits 0
+        # and 1) -- as KVM's own walker asks for both, Linux 6.1 paging_tmpl.h
+        # FNAME(walk_addr_generic): nested_access = (have_ad ? PFERR_WRITE_MASK : 0) | PFERR_USER_MASK
         w = self.ept_walk(gpa, level, "w" if self.eptp.ad else "r")
+        if isinstance(w.fault, EptViolation) and self.eptp.ad:
+            w = replace(w, fault=replace(w.fault, qualification=w.fault.qualification | _EPT_ACC["r"]))
         if w.fault is not None:
             raise _EptStop(w)
         assert w.address is not None
@@ -587,7 +592,9 @@ def ept02_fault(l1_mem_host: GuestMemory, ept01: Tdp, ept12: Eptp | int, l2_gpa:
         reason = f"EPT12 maps it to L1 GPA {l1_gpa:#x}, EPT01 to HPA {hpa:#x}"
     else:
         outcome, hpa = "ept01_miss", slot_hpa
-        reason = (f"EPT12 maps it to L1 GPA {l1_gpa:#x}, which EPT01 does not map yet ({w01.fault.reason}); "
+        what = ("does not map yet" if not isinstance(w01.fault, EptViolation) or w01.fault.rwx == 0
+                else "maps without the rights for this access")
+        reason = (f"EPT12 maps it to L1 GPA {l1_gpa:#x}, which EPT01 {what} ({w01.fault.reason}); "
                   f"L0 takes HPA {hpa:#x} from the memslot")
     assert hpa is not None
     if ept02 is not None:
