@@ -156,7 +156,8 @@ def test_oracle_inject_and_mmu_context():
     assert ("void kvm_init_shadow_ept_mmu(struct kvm_vcpu *vcpu, bool execonly, int huge_page_level, "
             "bool accessed_dirty, gpa_t new_eptp)") in mmu
     mmu = re.sub(r"\s+", " ", git_show(LINUX_3_15, LINUX_3_15_REV, "arch/x86/kvm/mmu.c"))
-    assert "void kvm_init_shadow_ept_mmu(struct kvm_vcpu *vcpu, struct kvm_mmu *context, bool execonly)" in mmu
+    assert ("void kvm_init_shadow_ept_mmu(struct kvm_vcpu *vcpu, struct kvm_mmu *context, "
+            "bool execonly)") in mmu
 
 
 def test_differences_cite_functions_that_exist():
