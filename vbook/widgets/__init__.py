@@ -31,6 +31,8 @@ from vbook.widgets.run_loop import (
     kvm_run_layout,
     show_run,
 )
+from vbook.widgets.shadow import ShadowRecorder, ShadowSyncView, show_shadow
+from vbook.widgets.walk2d import Walk2dGrid, show_walk_2d
 
 __all__ = [
     "HypercallView",
@@ -39,8 +41,11 @@ __all__ = [
     "QemuLoopView",
     "RunLoopTimeline",
     "RunView",
+    "ShadowRecorder",
+    "ShadowSyncView",
     "StepError",
     "TracePlayer",
+    "Walk2dGrid",
     "as_trace",
     "inline_widgets",
     "kvm_run_layout",
@@ -49,5 +54,7 @@ __all__ = [
     "show_kernel_loop",
     "show_loop",
     "show_run",
+    "show_shadow",
+    "show_walk_2d",
     "static_html",
 ]

@@ -774,7 +774,8 @@ function render({ model, el: host }) {
     capText.textContent = d.text;
     capNote.textContent = d.note;
     const k = ctx.exitNo[step];
-    counter.textContent = `event ${step + 1}/${ctx.events.length} · exit ${k}/${ctx.exits.length}`;
+    counter.textContent = `event ${step + 1}/${ctx.events.length}` +
+      (ctx.exits.length ? ` · exit ${k}/${ctx.exits.length}` : "");
     root.dataset.step = String(step);
     root.dataset.renderMs = (performance.now() - t0).toFixed(2);
   }
