@@ -78,6 +78,37 @@ class VringError(VbookError):
     """A virtqueue in guest memory is malformed (loop, index or address out of range)."""
 
 
+class VirtioError(VringError):
+    """The device side found the guest's ring malformed: QEMU's ``virtio_error()``
+    (hw/virtio/virtio.c, QEMU 9.2.4), after which the device is *broken*.
+
+    ``message`` is QEMU's own text (with its ``%u`` filled in), ``function`` the
+    QEMU function that calls ``virtio_error``, ``detail`` what the model adds.
+    """
+
+    def __init__(self, message: str, function: str, detail: str = ""):
+        self.message, self.function, self.detail = message, function, detail
+        super().__init__(f"{message}{f' ({detail})' if detail else ''} [QEMU {function}]")
+
+
+class BadRing(VringError):
+    """The driver side found the device's used ring malformed: Linux ``BAD_RING()``
+    (drivers/virtio/virtio_ring.c, Linux 6.1), after which the queue is *broken*."""
+
+
+class VringFull(VringError):
+    """``virtqueue_add`` found too few free descriptors (Linux returns ``-ENOSPC``)."""
+
+
+class VringBroken(VringError):
+    """An operation on a virtqueue already marked broken (Linux returns ``-EIO``)."""
+
+
+class VringUsageError(VringError, ValueError):
+    """The caller asked a ring model for something it cannot be: a queue size that is
+    no power of two, a head that was never popped, a length that is no u32 …"""
+
+
 class PagingError(VbookError):
     """A page table is malformed in a way the walker cannot follow."""
 
