@@ -32,6 +32,7 @@ from vbook.widgets.run_loop import (
     show_run,
 )
 from vbook.widgets.shadow import ShadowRecorder, ShadowSyncView, show_shadow
+from vbook.widgets.walk import WalkRequestError, WalkView, show_ept_walk, show_walk
 from vbook.widgets.walk2d import Walk2dGrid, show_walk_2d
 
 __all__ = [
@@ -46,15 +47,19 @@ __all__ = [
     "StepError",
     "TracePlayer",
     "Walk2dGrid",
+    "WalkRequestError",
+    "WalkView",
     "as_trace",
     "inline_widgets",
     "kvm_run_layout",
     "notebook_html",
+    "show_ept_walk",
     "show_hypercalls",
     "show_kernel_loop",
     "show_loop",
     "show_run",
     "show_shadow",
+    "show_walk",
     "show_walk_2d",
     "static_html",
 ]
