@@ -91,3 +91,34 @@ def test_rip_at_the_third_out_exit_of_hello_matches_the_host():
                 assert exit.io is not None and exit.io.direction == IoDirection.OUT
             rips[backend] = vcpu.get_regs().rip
     assert rips == dict.fromkeys(rips, {"vmx": 0x100B, "pvm": 0x100C}[mode])
+
+
+@pytest.mark.parametrize("cpl", [3, 0])
+def test_a_guest_started_in_long_mode_gives_the_same_exits(cpl):
+    """``touch_pages``, put in 64-bit mode by the VMM (``start_in_long_mode``: KVM_SET_SREGS on
+    KVM, the CPU's own IRETQ on unicorn): the same exits, RIPs and guest RAM after two passes
+    (but the accessed bit of the TSS page's PTE at CPL 3: unicorn reads no I/O bitmap —
+    tests/test_long_mode.py predicts both)."""
+    from vbook.backends.long_mode import TSS_ADDR, start_in_long_mode
+    from vbook.guests import touch_pages
+    from vbook.models import paging
+
+    _usable()
+    mode = _host_pio_rip()
+    seen = {}
+    for backend, kw in (("kvm", {"timeout": 5.0}), ("unicorn", {"pio_rip": mode})):
+        g = touch_pages.build(4)
+        with open_vcpu(g.guest(), backend, **kw) as vcpu:
+            start_in_long_mode(vcpu, g.mem, g.cr3, g.rip, g.rsp, cpl=cpl)
+            exits = []
+            for _ in range(2):
+                exits.append(vcpu.run().to_dict())
+                exits[-1]["rip"] = vcpu.get_regs().rip
+            seen[backend] = exits, bytearray(vcpu.memory.buf)
+    assert seen["kvm"][0] == seen["unicorn"][0]
+    assert seen["kvm"][0][0]["reason"] == "IO" and seen["kvm"][0][0]["data"] == "04000000"
+    kvm_ram, uni_ram = seen["kvm"][1], seen["unicorn"][1]
+    if cpl == 3:
+        pte = paging.walk(g.mem, g.cr3, TSS_ADDR).steps[-1].entry_addr
+        kvm_ram[pte] &= ~int(paging.PteFlags.A)
+    assert kvm_ram == uni_ram

@@ -17,7 +17,9 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from vbook.errors import VbookError
 from vbook.guests.base import Guest
+from vbook.memory import GuestMemory
 from vbook.models.kvm_api import ExitReason, IoDirection
 
 
@@ -190,6 +192,14 @@ class VCpu(ABC):
     @abstractmethod
     def read_memory(self, gpa: int, n: int) -> bytes:
         """Read guest RAM (a memory slot), not MMIO."""
+
+    @property
+    def memory(self) -> GuestMemory:
+        """Guest RAM itself as a :class:`~vbook.memory.GuestMemory` (no copy): what a model
+        writes there the guest sees, what the guest wrote a model reads. Both backends give
+        it (KVM: the mmap of memory slot 0; unicorn: the buffer it runs on); :meth:`close`
+        releases it, and a later access raises :class:`~vbook.memory.MemoryReleased`."""
+        raise VbookError(f"{type(self).__name__} gives no view of its guest RAM")
 
     @abstractmethod
     def close(self) -> None:

@@ -6,7 +6,7 @@ talks to the kernel, so each step reads like kvmtool or kvm-hello-world::
     open("/dev/kvm")                              the KVM subsystem (kvm fd)
     KVM_GET_API_VERSION                           must be 12
     KVM_CREATE_VM                                 vm fd
-    mmap(anonymous) + KVM_SET_USER_MEMORY_REGION  guest RAM: slot 0 at GPA 0
+    mmap(anonymous) + KVM_SET_USER_MEMORY_REGION  guest RAM: slot 0 at GPA 0 (``memory``)
     KVM_SET_TSS_ADDR                              Intel VMX needs 3 pages for real mode
     KVM_CREATE_VCPU                               vcpu fd
     KVM_GET_SUPPORTED_CPUID + KVM_SET_CPUID2      else the guest cannot set EFER.LME
@@ -14,6 +14,15 @@ talks to the kernel, so each step reads like kvmtool or kvm-hello-world::
     KVM_SET_SREGS, KVM_SET_REGS                   real mode, CS:IP = 0:load_addr
     KVM_SET_SIGNAL_MASK                           which signals may interrupt KVM_RUN
     loop: KVM_RUN, then read kvm_run.exit_reason  (:meth:`KvmVcpu.run`)
+
+**Guest RAM is one memory.** :attr:`KvmVcpu.memory` is a
+:class:`~vbook.memory.GuestMemory` over the very mmap KVM maps into the guest:
+a model's write there is what the guest reads next, the guest's stores are
+there to read, no copy either way. :meth:`KvmVcpu.close` releases that view
+(a later access raises :class:`~vbook.memory.MemoryReleased`) before it
+unmaps; if a caller still holds a raw export of the RAM (``numpy.frombuffer``
+of ``memory.buf``), ``mmap.close`` would refuse, so the mapping is left to go
+with the last export instead — never unmapped under it.
 
 **A time limit on KVM_RUN.** A guest that spins, or a hypercall the host never
 finishes (VMCALL on a PVM host: KVM_RUN simply does not come back), must
@@ -94,6 +103,7 @@ from vbook.errors import (
     VbookError,
 )
 from vbook.guests.base import Guest
+from vbook.memory import GuestMemory
 from vbook.models.kvm_api import (
     KVM_API_VERSION,
     SIZEOF_KVM_REGS,
@@ -325,6 +335,7 @@ class KvmVcpu(VCpu):
         self.mem_size = guest.mem_size
         self._kvm = self._vm = self._vcpu = -1
         self._mem: mmap.mmap | None = None
+        self._memory: GuestMemory | None = None  # the view of _mem that ``memory`` gives
         self._run: mmap.mmap | None = None
         self._pending: tuple[str, int, int] | None = None  # (what, offset in kvm_run, bytes)
         self._hypercall_pending = False
@@ -711,6 +722,23 @@ class KvmVcpu(VCpu):
             raise MemoryAccessError(gpa, len(data), self.mem_size)
         self._mem[gpa:gpa + len(data)] = data
 
+    @property
+    def memory(self) -> GuestMemory:
+        """Guest RAM itself as a :class:`~vbook.memory.GuestMemory`: the ``mmap`` of memory
+        slot 0, no copy. What a model writes there the guest sees at its next access
+        (KVM maps this very memory into the guest: ``KVM_SET_USER_MEMORY_REGION``), and
+        what the guest wrote is there to read. Access logging is off
+        (``vcpu.memory.record = True`` turns it on). :meth:`close` releases it: a
+        later access raises :class:`~vbook.memory.MemoryReleased`.
+        """
+        mem = self._memory
+        if mem is None:  # made on first use (chapter 01 shows _open as the bare ioctl sequence)
+            if self._mem is None:
+                raise VbookError("this KvmVcpu is closed")
+            mem = self._memory = GuestMemory.over(self._mem, record=False,
+                                                  owner=f"KvmVcpu({self.guest.name!r})")
+        return mem
+
     # --- teardown ------------------------------------------------------------------------
 
     @property
@@ -725,7 +753,7 @@ class KvmVcpu(VCpu):
 
     @property
     def closed(self) -> bool:
-        return self._kvm < 0 and self._run is None and self._mem is None
+        return self._kvm < 0 and self._run is None and self._mem is None and self._memory is None
 
     def close(self) -> None:
         """munmap kvm_run and the RAM, close the vcpu, vm and kvm fds. Safe to call twice."""
@@ -741,9 +769,18 @@ class KvmVcpu(VCpu):
             if fd >= 0:
                 setattr(self, name, -1)
                 os.close(fd)
+        if self._memory is not None:  # views first: theirs are the exports that block munmap
+            self._memory.release()
+            self._memory = None
         if self._mem is not None:
-            self._mem.close()
-            self._mem = None
+            mem, self._mem = self._mem, None
+            try:
+                mem.close()
+            except BufferError:
+                # a caller still holds an export of the RAM (memoryview(vcpu.memory.buf),
+                # numpy.frombuffer ...): munmap now would leave it pointing at nothing.
+                # The mapping goes when the last export does; the VM is gone already.
+                pass
         if self._kvm >= 0:
             fd, self._kvm = self._kvm, -1
             os.close(fd)

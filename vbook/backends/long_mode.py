@@ -1,4 +1,8 @@
-"""Start a :class:`~vbook.backends.kvm.KvmVcpu` directly in 64-bit mode, at CPL 3 or 0.
+"""Start a vCPU directly in 64-bit mode, at CPL 3 or 0, on page tables a model built.
+
+Both backends: :class:`~vbook.backends.kvm.KvmVcpu` and
+:class:`~vbook.backends.unicorn_cpu.UnicornVcpu`; the same guest then gives
+the same exits on both (tests/test_long_mode.py, tests/test_conformance.py).
 
 Why: chapter 05 shows shadow paging on the real ``/dev/kvm``. On the PVM host
 this book is measured on (KVM without VMX/SVM), *every CPL-0 guest
@@ -10,7 +14,16 @@ CPL 3 (reference/machine.md, "KVM's own counters" and "Shadow paging shows at
 CPL3"). A guest cannot easily get to ring 3 by itself without an IDT, an
 ``iretq`` frame and a TSS, so the VMM puts it there, as KVM selftests'
 ``vm_create`` / ``vcpu_setup`` do: ``KVM_SET_SREGS`` straight into IA-32e
-mode with the segment caches already loaded.
+mode with the segment caches already loaded. unicorn has no such call (a
+``reg_write`` of CS/SS sets only the selector, not the CPL — measured), so
+there the CPU loads the same GDT's descriptors itself with ``iretq`` from a
+trampoline outside guest RAM (:meth:`~vbook.backends.unicorn_cpu.UnicornVcpu.enter_long_mode`):
+the register state that results is the one below, on both.
+
+Guest memory is written in place: the image is best built straight in the
+vCPU's RAM (``vcpu.memory``, a :class:`~vbook.memory.GuestMemory` that *is*
+that RAM); an image built elsewhere is copied in once. The GDT and TSS are
+written into the vCPU's RAM directly.
 
 What :func:`start_in_long_mode` sets (the recipe measured in machine.md):
 
@@ -24,14 +37,17 @@ What :func:`start_in_long_mode` sets (the recipe measured in machine.md):
   104 bytes, RSP0 = ``rsp0``, I/O map base 0x68, then an all-zero 8192-byte I/O
   permission bitmap (every port allowed) and the 0xFF byte the SDM requires
   after it (§19.5.2); limit 0x68 + 8192. PVM clears RFLAGS.IOPL, so a CPL-3
-  ``OUT`` is allowed only by this bitmap;
+  ``OUT`` is allowed only by this bitmap (unicorn 2.1.4 checks no I/O
+  permission at all, measured: it allows every port, and never reads the bitmap);
 * CS = 0x33 (type 11, DPL 3, L = 1), SS = DS = ES = FS = GS = 0x2b (type 3,
   DPL 3) for ``cpl=3``; 0x10 / 0x18 with DPL 0 for ``cpl=0``. CPL is SS.DPL
   (and CS.DPL) in the cache, which is what KVM reads;
-* TR = 0x40 (base ``tss``, limit 0x2068, type 11), LDTR unusable, IDTR empty
+* TR = 0x40 (base ``tss``, limit 0x2068, type 11 — on unicorn TR is written
+  as QEMU's cache, flags 0x8B00), LDTR unusable, IDTR empty
   (limit 0: any exception — e.g. ``HLT`` at CPL 3, a #GP — ends in a triple
   fault, ``KVM_EXIT_SHUTDOWN``);
-* CR0 = PE | MP | ET | NE | WP | PG, CR4 = PAE, EFER = LME | LMA, CR3 = ``cr3``;
+* CR0 = PE | MP | ET | NE | WP | PG, CR4 = PAE, EFER = LME | LMA, CR3 = ``cr3``
+  (``cr0=``, ``cr4=``, ``efer=`` change them: e.g. ``EFER_NXE``, ``CR4_SMEP``);
 * RIP, RSP, RFLAGS = 0x2 (IF = 0, IOPL = 0), the other registers 0.
 
 ``gdt`` and ``tss`` are guest-physical addresses and must be identity-mapped
@@ -53,15 +69,18 @@ from vbook.memory import GuestMemory
 from vbook.models import paging
 
 __all__ = [
-    "CR0_LONG", "CR4_LONG", "EFER_LONG", "GDT_ADDR", "GDT_ENTRIES", "IOMAP_BASE", "IOPB_SIZE",
-    "KERNEL_CS", "KERNEL_DS", "LongModeStart", "TSS_ADDR", "TSS_LIMIT", "TSS_SEL", "USER_CS",
-    "USER_DS", "gdt_bytes", "start_in_long_mode", "tss_bytes",
+    "CR0_LONG", "CR0_WP", "CR4_LONG", "CR4_PAE", "CR4_SMAP", "CR4_SMEP", "EFER_LONG", "EFER_NXE",
+    "GDT_ADDR", "GDT_ENTRIES", "IOMAP_BASE", "IOPB_SIZE", "KERNEL_CS", "KERNEL_DS", "LongModeStart",
+    "TSS_ADDR", "TSS_LIMIT", "TSS_SEL", "USER_CS", "USER_DS", "gdt_bytes", "start_in_long_mode",
+    "tss_bytes",
 ]
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
 CR0_LONG = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
-CR4_LONG = 1 << 5                    # PAE
-EFER_LONG = (1 << 8) | (1 << 10)     # LME | LMA
+CR4_PAE, CR4_SMEP, CR4_SMAP = 1 << 5, 1 << 20, 1 << 21
+CR4_LONG = CR4_PAE
+EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
+EFER_LONG = EFER_LME | EFER_LMA
 
 #: selectors, as Linux's GDT_ENTRY_* (arch/x86/include/asm/segment.h, 64-bit)
 KERNEL_CS, KERNEL_DS, USER_DS, USER_CS, TSS_SEL = 0x10, 0x18, 0x2B, 0x33, 0x40
@@ -76,6 +95,7 @@ IOPB_SIZE = 65536 // 8
 TSS_LIMIT = IOMAP_BASE + IOPB_SIZE   # the last byte: the 0xFF after the bitmap
 
 _TYPE_CODE, _TYPE_DATA, _TYPE_TSS_BUSY = 11, 3, 11   # accessed execute/read, accessed r/w
+_QEMU_P = 1 << 15                    # P in QEMU's segment-cache flags (unicorn's TR value)
 
 
 def _descriptor(access: int, flags: int, base: int = 0, limit: int = 0xFFFFF) -> bytes:
@@ -130,16 +150,32 @@ def _check_identity(mem: GuestMemory, cr3: int, start: int, size: int, what: str
                              f"cr3={cr3:#x}; it is {got}")
 
 
+def _view_of(mem: GuestMemory, ram: GuestMemory | None) -> bool:
+    """Is ``mem`` the vCPU's RAM ``ram`` itself (or a view made over it)?"""
+    while mem is not None:
+        if mem is ram:
+            return True
+        mem = mem.parent
+    return False
+
+
 def start_in_long_mode(vcpu: Any, mem_image: GuestMemory, cr3: int, rip: int, rsp: int, *,
                        cpl: int = 3, gdt: int = GDT_ADDR, tss: int = TSS_ADDR,
-                       rsp0: int = 0) -> LongModeStart:
-    """Copy ``mem_image`` into ``vcpu``'s RAM and set its registers: 64-bit mode at ``cpl``.
+                       rsp0: int = 0, cr0: int = CR0_LONG, cr4: int = CR4_LONG,
+                       efer: int = EFER_LONG) -> LongModeStart:
+    """Put ``vcpu`` in 64-bit mode at ``cpl`` on the tables at ``cr3``; write its GDT and TSS.
 
-    ``vcpu`` is a :class:`~vbook.backends.kvm.KvmVcpu` with at least
-    ``mem_image.size`` bytes of RAM (its own guest is overwritten). The GDT and
-    TSS go into the vCPU's RAM at ``gdt`` / ``tss`` (``mem_image`` is not
-    changed), so that room must be free in the image and identity-mapped.
-    Nothing runs: the next :meth:`~vbook.backends.kvm.KvmVcpu.run` starts at ``rip``.
+    ``vcpu`` is a :class:`~vbook.backends.kvm.KvmVcpu` or a
+    :class:`~vbook.backends.unicorn_cpu.UnicornVcpu` with at least
+    ``mem_image.size`` bytes of RAM. ``mem_image`` holds the tables, code and
+    data: best the vCPU's own RAM (``vcpu.memory``, or a view made over it),
+    built in place — then nothing is copied; any other
+    :class:`~vbook.memory.GuestMemory` is copied into the vCPU's RAM from GPA 0
+    (its own guest is overwritten) and is not changed. The GDT and TSS are
+    written straight into the vCPU's RAM at ``gdt`` / ``tss``, so that room
+    must be free in the image and identity-mapped. ``cr0``, ``cr4``, ``efer``
+    default to the recipe of the module docstring (e.g. ``efer=EFER_LONG |
+    EFER_NXE`` for NX pages). Nothing runs: the next ``run()`` starts at ``rip``.
     """
     if cpl not in (0, 3):
         raise GuestError(f"cpl must be 0 or 3, got {cpl!r}")
@@ -153,12 +189,18 @@ def start_in_long_mode(vcpu: Any, mem_image: GuestMemory, cr3: int, rip: int, rs
         _check_identity(mem_image, cr3, at, n, what)
     if gdt < tss + len(tss_b) and tss < gdt + len(gdt_b):
         raise GuestError(f"the GDT at {gdt:#x} and the TSS at {tss:#x} overlap")
-    ram = bytearray(mem_image.buf)
-    ram[gdt:gdt + len(gdt_b)] = gdt_b
-    ram[tss:tss + len(tss_b)] = tss_b
-    vcpu.write_memory(0, bytes(ram))
+    ram = vcpu.memory
+    if not _view_of(mem_image, ram):
+        vcpu.write_memory(0, mem_image.buf)   # an image built elsewhere: one copy
+    ram.write(gdt, gdt_b)
+    ram.write(tss, tss_b)
 
     cs_sel, ds_sel = (USER_CS, USER_DS) if cpl == 3 else (KERNEL_CS, KERNEL_DS)
+    if hasattr(vcpu, "enter_long_mode"):   # unicorn: the CPU loads the segments (see there)
+        vcpu.enter_long_mode(gdt=gdt, gdt_limit=len(gdt_b) - 1, cs=cs_sel, ds=ds_sel,
+                             tr=(TSS_SEL, tss, TSS_LIMIT, _QEMU_P | _TYPE_TSS_BUSY << 8),
+                             cr0=cr0, cr3=cr3, cr4=cr4, efer=efer, rip=rip, rsp=rsp, rflags=0x2)
+        return LongModeStart(cr3=cr3, rip=rip, rsp=rsp, cpl=cpl, gdt=gdt, tss=tss)
 
     def flat(selector: int, typ: int, l: int, db: int) -> Segment:  # noqa: E741
         return Segment(base=0, limit=0xFFFFFFFF, selector=selector, type=typ, present=1, dpl=cpl,
@@ -173,7 +215,7 @@ def start_in_long_mode(vcpu: Any, mem_image: GuestMemory, cr3: int, rip: int, rs
     sregs.ldt = Segment(base=0, limit=0, selector=0, type=0, present=0, s=0, unusable=1)
     sregs.gdt = Dtable(base=gdt, limit=len(gdt_b) - 1)
     sregs.idt = Dtable(base=0, limit=0)
-    sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = CR0_LONG, cr3, CR4_LONG, EFER_LONG
+    sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = cr0, cr3, cr4, efer
     vcpu.set_sregs(sregs)
     vcpu.set_regs(Regs(rip=rip, rsp=rsp, rflags=0x2))
     return LongModeStart(cr3=cr3, rip=rip, rsp=rsp, cpl=cpl, gdt=gdt, tss=tss)

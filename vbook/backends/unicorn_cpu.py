@@ -166,11 +166,49 @@ mode, so that RIP and R8–R15 can be read and written whatever the guest
 does, and loaded with the register state of a unicorn CPU reset into real
 mode (a saved context of a 16-bit engine): the guest's own CR0/CR4/EFER
 writes and far jumps then move it between modes as on hardware.
+
+**Starting in 64-bit mode, at CPL 0 or 3** — what a VMM does with
+``KVM_SET_SREGS`` (KVM selftests' ``vm_create``;
+:func:`vbook.backends.long_mode.start_in_long_mode` on either backend),
+:meth:`UnicornVcpu.enter_long_mode` does with what unicorn 2.1.4 allows
+(measured): in ``UC_MODE_64`` a ``reg_write`` of CS, SS, DS or ES changes
+only the selector, never the descriptor cache nor the CPL (QEMU's CPL is in
+``hflags``, set from SS.DPL when SS is loaded), and CR/EFER writes are taken
+as given with no privilege check. So the vCPU is reset to the state of a fresh
+``UC_MODE_64`` engine (64-bit code, CPL 0, paging off) and the CPU loads the
+segments itself: a six-instruction trampoline on a scratch page outside RAM
+(``mov ds/es/fs/gs``, then ``iretq`` to ``cs:rip``, ``ss:rsp``) — every
+descriptor checked as hardware checks it, the GDT read at its physical address
+(paging is still off, so no accessed bit is set in guest RAM) — then TR, IDTR
+(empty), CR4, EFER, CR3 and CR0 are written. CPL 3 is then real: HLT or MOV CR
+raise #GP, a supervisor page raises #PF with U in the error code
+(tests/test_long_mode.py, tests/test_paging_unicorn.py). One difference from
+hardware and KVM stays: unicorn never checks I/O permission (its
+``gen_check_io`` returns at once, "Unicorn: allow all I/O instructions";
+measured: a CPL-3 ``OUT`` to a port the TSS bitmap denies, IOPL 0, still
+reaches the OUT hook), so the TSS's I/O bitmap is never read — on KVM the
+bitmap is read for a CPL-3 OUT, which sets the accessed bit of its PTE.
+
+**Guest RAM** — one anonymous ``mmap`` of ``mem_size`` bytes that unicorn runs
+the guest on in place (``uc.mem_map_ptr``, as KVM runs it on the VMM's mmap);
+:attr:`UnicornVcpu.memory` is a :class:`~vbook.memory.GuestMemory` over it, so
+a model and the guest share the bytes. The engine keeps the mapping alive
+(``uc.vbook_ram``) as long as it exists, also past :meth:`UnicornVcpu.close`
+if a reader holds :attr:`UnicornVcpu.engine`. unicorn translates guest code
+once and reuses the translation; a store by the guest into a page it runs code
+from invalidates it, a store from outside does not — neither into the buffer
+nor with ``uc.mem_write`` (measured: the old instructions ran again). So the
+block hook notes the RAM pages code runs from, writes through ``memory`` and
+:meth:`UnicornVcpu.write_memory` note the pages they write, and a ``run()``
+after a write into a code page first drops all translations
+(``uc.ctl_flush_tb``; ``ctl_remove_cache`` takes virtual addresses). Stores
+through ``memory.buf`` are not noted.
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -185,6 +223,7 @@ from vbook.errors import (
     VbookError,
 )
 from vbook.guests.base import Guest
+from vbook.memory import GuestMemory
 from vbook.models.kvm_api import ExitReason, IoDirection
 from vbook.models.vmx import (
     MSR_PASSTHROUGH_READ,
@@ -216,7 +255,7 @@ GP, DF, UD = 13, 8, 6
 
 _MSR_EFER = 0xC0000080
 _EFER_LMA = 1 << 10
-_CR0_PE, _CR0_PG = 1 << 0, 1 << 31
+_CR0_PE, _CR0_WP, _CR0_PG = 1 << 0, 1 << 16, 1 << 31
 _CR4_PSE, _CR4_PAE = 1 << 4, 1 << 5
 _UNTIL = 2**64 - 1  # an emu_start end address no guest reaches
 _MASK64 = 2**64 - 1
@@ -350,6 +389,173 @@ def _old_exception_repair(uc: Any, uc_mod: Any) -> Callable[[], None]:
     return repair
 
 
+# --- the #PF error code ----------------------------------------------------------------
+
+#: (PD entry for 2..4 MiB, store?, the error code a #PF on [0x200000] must give): not
+#: present read 0, not present write 2 (W), reserved bit 9 (RSVD | P), read-only write 3
+_PF_PROBES = ((0, False, 0), (0, True, 2), (0x200000 | 0x83 | 1 << 13, False, 9),
+              (0x200000 | 0x81, True, 3))
+_error_code_cache: list[int | None] = []
+
+
+def _error_code_offset(uc_mod: Any) -> int | None:
+    """Where ``CPUX86State.error_code`` sits in unicorn's saved CPU context (None: unknown).
+
+    Found as :func:`_old_exception_offset` is: four page faults whose error
+    codes differ, on a scratch engine in 64-bit mode; the one 4-byte field
+    that holds each of them afterwards.
+    """
+    if _error_code_cache:
+        return _error_code_cache[0]
+    from unicorn import x86_const as x
+
+    candidates: set[int] | None = None
+    try:
+        for pd1, store, code in _PF_PROBES:
+            uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
+            uc.mem_map(0, 0x400000)
+            # PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000: [0] 2 MiB at 0 (the code), [1] the probe
+            uc.mem_write(0x1000, (0x2003).to_bytes(8, "little"))
+            uc.mem_write(0x2000, (0x3003).to_bytes(8, "little"))
+            uc.mem_write(0x3000, (0x83).to_bytes(8, "little") + pd1.to_bytes(8, "little"))
+            insn = bytes.fromhex("890425" if store else "8b0425") + (0x200000).to_bytes(4, "little")
+            uc.mem_write(0x10000, insn)
+            uc.reg_write(x.UC_X86_REG_CR3, 0x1000)
+            uc.reg_write(x.UC_X86_REG_CR4, _CR4_PAE)
+            uc.msr_write(_MSR_EFER, 0x500)
+            uc.reg_write(x.UC_X86_REG_CR0, _CR0_PE | _CR0_PG | _CR0_WP)
+            seen: list[bytes] = []  # the context in the hook: after it, unicorn's stop at -2
+            uc.hook_add(uc_mod.UC_HOOK_INTR, _save_context, seen)  # overwrites error_code
+            uc.emu_start(0x10000, _UNTIL, 0, 1)
+            after = seen[0]
+            found = {off for off in range(0, len(after) - 3, 4)
+                     if int.from_bytes(after[off:off + 4], "little") == code}
+            candidates = found if candidates is None else candidates & found
+    except Exception:  # pragma: no cover - a unicorn that cannot run the probe
+        candidates = None
+    offset = min(candidates) if candidates and len(candidates) == 1 else None
+    _error_code_cache.append(offset)
+    return offset
+
+
+def _save_context(uc: Any, intno: int, out: list[bytes]) -> None:
+    out.append(bytes(uc.context_save()))
+    uc.emu_stop()
+
+
+def exception_error_code(uc: Any) -> int | None:
+    """The error code of the last exception the engine ``uc`` raised (None: not known here).
+
+    unicorn hands a hook only the vector (``UC_HOOK_INTR``); the error code a
+    CPU pushes — for #PF the P/W/U/RSVD/I bits — stays in QEMU's
+    ``env->error_code``, read here from a saved context (its place found by
+    :func:`_error_code_offset`). Read it *in* the ``UC_HOOK_INTR`` hook: once
+    ``emu_start`` has returned, unicorn's internal stop (the fault at -2 of the
+    module doc) has overwritten it, as it overwrites CR2.
+    """
+    import unicorn
+
+    offset = _error_code_offset(unicorn)
+    if offset is None:  # pragma: no cover - a unicorn whose context the probe cannot read
+        return None
+    context = uc.context_save()
+    return ctypes.c_int32.from_address(ctypes.cast(context.context, ctypes.c_void_p).value
+                                       + offset).value
+
+
+# --- starting in 64-bit mode -----------------------------------------------------------
+
+_long_mode_context_cache: list[Any] = []
+
+
+def _long_mode_context(uc_mod: Any) -> Any:
+    """The saved CPU state of a fresh ``UC_MODE_64`` engine: 64-bit code (CS.L, EFER.LMA),
+    CPL 0, paging off (unicorn's reset for that mode)."""
+    if not _long_mode_context_cache:
+        fresh = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
+        _long_mode_context_cache.append(fresh.context_save())
+    return _long_mode_context_cache[0]
+
+
+#: what a VMM's KVM_SET_SREGS sets and unicorn cannot: the CPU itself loads the
+#: segment registers from the guest's GDT, then IRETQ loads CS and SS (and so the CPL)
+#: ``mov eax, <ds>; mov ds, eax; mov es, eax; mov fs, eax; mov gs, eax; iretq``
+_TRAMPOLINE = (b"\xb8{ds}" b"\x8e\xd8" b"\x8e\xc0" b"\x8e\xe0" b"\x8e\xe8" b"\x48\xcf")
+_TRAMPOLINE_INSNS = 6
+
+
+def enter_long_mode(uc: Any, *, gdt: int, gdt_limit: int, cs: int, ds: int,
+                    tr: tuple[int, int, int, int], cr0: int, cr3: int, cr4: int, efer: int,
+                    rip: int, rsp: int, rflags: int = 0x2) -> None:
+    """Put the unicorn engine ``uc`` (in 64-bit mode, CPL 0) at ``rip`` in 64-bit mode at
+    CPL ``cs & 3``, on the GDT at ``gdt`` and the page tables at ``cr3``.
+
+    What ``KVM_SET_SREGS`` does for a VMM, done with what unicorn 2.1.4 offers
+    (measured): in ``UC_MODE_64`` a ``reg_write`` of CS, SS, DS or ES sets only
+    the *selector* — not the descriptor cache, not the CPL (QEMU keeps the CPL
+    in ``hflags``, set from SS.DPL when SS is loaded) — so the VMM lets the CPU
+    load them: a 6-instruction trampoline, on a scratch page mapped just past
+    the highest mapped address, loads DS/ES/FS/GS with ``ds`` and returns with ``iretq``
+    to ``cs:rip`` with ``ds:rsp`` — the CPU checks every descriptor as
+    hardware would, and SS.DPL becomes the CPL. It runs with paging still off
+    (unicorn's 64-bit reset state), so the GDT is read at its physical address
+    and guest RAM is not touched (no accessed bit set anywhere); the scratch
+    page is unmapped again. Then TR = ``tr`` (selector, base, limit, flags —
+    QEMU's cache flags: P = bit 15, type at bit 8), LDTR null, IDTR base 0
+    limit 0, CR4, EFER, CR3 and CR0 (PG last) are written, and RIP, RSP,
+    RFLAGS. Raises :class:`~vbook.errors.GuestError` if the CPU refused (a
+    descriptor that does not fit the selector). Other registers are left as
+    they are.
+    """
+    import unicorn as uc_mod
+    from unicorn import x86_const as x
+
+    if cs & 3 != ds & 3:
+        raise GuestError(f"CS {cs:#x} and SS {ds:#x} must have the same RPL (the CPL)")
+    top = max(end for _, end, _ in uc.mem_regions())
+    scratch = (top + PAGE) & ~(PAGE - 1)
+    code = _TRAMPOLINE.replace(b"{ds}", ds.to_bytes(4, "little"))
+    frame = b"".join(v.to_bytes(8, "little") for v in (rip, cs, rflags, rsp, ds))
+    faults: list[tuple[int, int]] = []
+
+    def fault(u: Any, intno: int, _: Any) -> None:
+        faults.append((intno, u.reg_read(x.UC_X86_REG_RIP)))
+        u.emu_stop()
+
+    uc.mem_map(scratch, PAGE, uc_mod.UC_PROT_ALL)
+    hook = uc.hook_add(uc_mod.UC_HOOK_INTR, fault)
+    try:
+        uc.mem_write(scratch, frame)
+        uc.mem_write(scratch + 0x100, code)
+        uc.reg_write(x.UC_X86_REG_GDTR, (0, gdt, gdt_limit, 0))
+        uc.reg_write(x.UC_X86_REG_RSP, scratch)
+        error = None
+        try:
+            uc.emu_start(scratch + 0x100, _UNTIL, 0, _TRAMPOLINE_INSNS)
+        except uc_mod.UcError as e:
+            error = e
+        uc.ctl_remove_cache(scratch, scratch + PAGE)  # paging is off: virtual = physical
+    finally:
+        uc.hook_del(hook)
+        uc.mem_unmap(scratch, PAGE)
+    if faults or error is not None or uc.reg_read(x.UC_X86_REG_RIP) != rip \
+            or uc.reg_read(x.UC_X86_REG_CS) != cs:
+        why = (f"{_vname(faults[0][0])} at trampoline offset {faults[0][1] - scratch - 0x100:#x}"
+               if faults else str(error) if error is not None else "it stopped elsewhere")
+        raise GuestError(f"unicorn refused to load CS {cs:#x} / SS and DS {ds:#x} from the GDT "
+                         f"at {gdt:#x} (limit {gdt_limit:#x}): {why}")
+    uc.reg_write(x.UC_X86_REG_TR, tr)
+    uc.reg_write(x.UC_X86_REG_LDTR, (0, 0, 0, 0))
+    uc.reg_write(x.UC_X86_REG_IDTR, (0, 0, 0, 0))
+    uc.reg_write(x.UC_X86_REG_CR4, cr4)
+    uc.msr_write(_MSR_EFER, efer)
+    uc.reg_write(x.UC_X86_REG_CR3, cr3)
+    uc.reg_write(x.UC_X86_REG_CR0, cr0)
+    uc.reg_write(x.UC_X86_REG_RIP, rip)
+    uc.reg_write(x.UC_X86_REG_RSP, rsp)
+    uc.reg_write(x.UC_X86_REG_RFLAGS, rflags)
+
+
 @dataclass
 class _Access:
     """One guest-physical access of the instruction being finished."""
@@ -399,6 +605,31 @@ class KernelExit:
     def __str__(self) -> str:
         where = "→ user space" if self.user_exit else "(kernel)"
         return f"{self.reason} at rip {self.rip:#x}: {self.handler} {where}"
+
+
+class _UnicornRam(GuestMemory):
+    """``UnicornVcpu.memory``: the engine's RAM, and a note of where a model wrote it.
+
+    unicorn (QEMU's TCG) translates guest code once and reuses the translation.
+    A store *by the guest* into a page with translated code invalidates it
+    (QEMU's dirty-code tracking), a store by the host into the buffer does not
+    (measured, unicorn 2.1.4: the old instructions ran again). So every
+    :meth:`write` (``write_u*`` go through it) notes the pages it wrote in
+    ``written`` (a set shared with the vCPU), and the next ``run()`` drops the
+    translations made from them. On KVM nothing is needed: the CPU fetches from RAM.
+    """
+
+    written: set[int]  # page numbers
+
+    def write(self, addr: int, data: bytes) -> None:
+        GuestMemory.write(self, addr, data)
+        n = len(data)
+        if n:
+            first, last = addr >> 12, (addr + n - 1) >> 12
+            if first == last:
+                self.written.add(first)
+            else:
+                self.written.update(range(first, last + 1))
 
 
 class UnicornVcpu(VCpu):
@@ -476,7 +707,21 @@ class UnicornVcpu(VCpu):
         uc = self._uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
         uc.context_restore(reset_context)
         del real
-        uc.mem_map(0, guest.mem_size, uc_mod.UC_PROT_ALL)
+        # guest RAM: an anonymous mmap of this process that unicorn uses in place
+        # (mem_map_ptr), as KVM uses the VMM's mmap; the engine keeps it alive
+        ram = mmap.mmap(-1, guest.mem_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        view = ctypes.c_char.from_buffer(ram)
+        uc.mem_map_ptr(0, guest.mem_size, uc_mod.UC_PROT_ALL, ctypes.addressof(view))
+        del view  # no export left behind: only the engine's pointer
+        uc.vbook_ram = ram  # the mapping lives as long as the engine that points into it
+        self._ram: mmap.mmap | None = ram
+        self._written: set[int] = set()  # pages written through ``memory`` since the last run
+        self._code_blocks: set[int] = set()  # linear addresses of the blocks seen (_note_code)
+        self._code_phys: set[int] = set()  # the RAM pages their code is in
+        self._memory: _UnicornRam | None = _UnicornRam.over(
+            ram, record=False, owner=f"UnicornVcpu({guest.name!r})")
+        self._memory.written = self._written
         uc.mem_write(guest.load_addr, guest.code)
         uc.reg_write(x.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))  # as KVM's vCPU reset
         uc.reg_write(x.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
@@ -537,6 +782,8 @@ class UnicornVcpu(VCpu):
             raise VbookError("this UnicornVcpu is closed")
         if self._dead:
             raise VbookError(f"the vCPU {self._dead}; make a new one to run the guest again")
+        if self._written:  # a model wrote guest RAM: no stale translated code may run
+            self._drop_translations()
         pending = self._pending
         if pending is not None:
             if pending[0] != "HYPERCALL" and self._answer is None:
@@ -594,17 +841,61 @@ class UnicornVcpu(VCpu):
         self._check_open()
         if gpa < 0 or n < 0 or gpa + n > self.mem_size:
             raise MemoryAccessError(gpa, n, self.mem_size)
-        return bytes(self._uc.mem_read(gpa, n))
+        return self._ram[gpa:gpa + n]
 
     def write_memory(self, gpa: int, data: bytes) -> None:
         """Write ``data`` into guest RAM at ``gpa``."""
         self._check_open()
-        if gpa < 0 or gpa + len(data) > self.mem_size:
-            raise MemoryAccessError(gpa, len(data), self.mem_size)
-        self._uc.mem_write(gpa, bytes(data))
+        n = len(data)
+        if gpa < 0 or gpa + n > self.mem_size:
+            raise MemoryAccessError(gpa, n, self.mem_size)
+        self._ram[gpa:gpa + n] = data
+        if n:  # like a write through ``memory``: no stale translated code may run after it
+            self._written.update(range(gpa >> 12, ((gpa + n - 1) >> 12) + 1))
+
+    @property
+    def memory(self) -> GuestMemory:
+        """Guest RAM itself as a :class:`~vbook.memory.GuestMemory` (no copy): the buffer
+        unicorn runs the guest on (``uc.mem_map_ptr``). What a model writes there the
+        guest sees, what the guest wrote is there to read. Writes through it (not
+        through ``.buf``, nor through a view made over it) also drop unicorn's
+        translations of code in the pages written before the next :meth:`run` (see
+        "Guest RAM" in the module doc). Access logging
+        is off (``vcpu.memory.record = True`` turns it on). :meth:`close` releases it: a
+        later access raises :class:`~vbook.memory.MemoryReleased`.
+        """
+        self._check_open()
+        assert self._memory is not None
+        return self._memory
+
+    def _drop_translations(self) -> None:
+        """Pages were written from outside the guest: if code ran from one, drop unicorn's
+        translations (all of them, ``uc.ctl_flush_tb``) so that the guest runs the new bytes.
+
+        Measured on unicorn 2.1.4: neither a store into the mapped buffer nor
+        ``uc.mem_write`` invalidates translated code (the old instructions ran
+        again), and ``uc.ctl_remove_cache`` takes a *virtual* address, translated
+        through the guest's page tables (with fault side effects). So the block
+        hook notes the RAM pages code ran from (``_code_phys``, translated when a
+        block is first seen), and a write into one of them flushes everything —
+        a write into data pages costs nothing. Not covered: a block already seen
+        whose virtual address the guest has since mapped to another page.
+        """
+        written = self._written
+        hit = not written.isdisjoint(self._code_phys)
+        written.clear()
+        if hit:
+            self._uc.ctl_flush_tb()
+            self._code_blocks.clear()  # retranslated blocks may end elsewhere: note them again
 
     def close(self) -> None:
         """Drop the emulator (and with it the guest's RAM). Safe to call twice."""
+        if self._memory is not None:
+            self._memory.release()  # views made of it raise MemoryReleased from now on
+            self._memory = None
+        # the RAM mmap is not closed here: the engine (``engine`` may have handed it
+        # out) points into it, and keeps it (uc.vbook_ram) until the engine is gone
+        self._ram = None
         self._uc = None  # the Uc (and its RAM) goes with the last reference
         self._rd = self._wr = self._repair = _closed  # these hold the Uc too
         self._pending = self._answer = self._insn = self._out_done = None
@@ -631,6 +922,41 @@ class UnicornVcpu(VCpu):
         self._check_open()
         self._show_out_rip()
         return self._uc
+
+    def enter_long_mode(self, *, gdt: int, gdt_limit: int, cs: int, ds: int,
+                        tr: tuple[int, int, int, int], cr0: int, cr3: int, cr4: int,
+                        efer: int, rip: int, rsp: int, rflags: int = 0x2) -> None:
+        """Reset the vCPU straight into 64-bit mode at CPL ``cs & 3`` (what a VMM's
+        ``KVM_SET_SREGS`` + ``KVM_SET_REGS`` do); nothing runs until :meth:`run`.
+
+        The CPU state of a fresh ``UC_MODE_64`` engine is loaded (64-bit code,
+        CPL 0, paging off), then :func:`enter_long_mode` loads the segments from
+        the GDT at ``gdt`` and sets TR, IDTR (empty), CR4, EFER, CR3, CR0, RIP,
+        RSP and RFLAGS; the other general registers are 0. Guest RAM must
+        already hold the GDT and the page tables.
+        :func:`vbook.backends.long_mode.start_in_long_mode` calls this.
+        """
+        self._check_open()
+        uc = self._uc
+        uc.context_restore(_long_mode_context(self._uc_mod))
+        self._event = None
+        try:
+            enter_long_mode(uc, gdt=gdt, gdt_limit=gdt_limit, cs=cs, ds=ds, tr=tr, cr0=cr0,
+                            cr3=cr3, cr4=cr4, efer=efer, rip=rip, rsp=rsp, rflags=rflags)
+        finally:
+            self._repair()
+            self._event, self._last_block = None, (0, 0)
+        # a new CPU state (and, usually, new code): nothing of the old one is pending or cached
+        uc.ctl_flush_tb()
+        self._code_blocks.clear()
+        self._code_phys.clear()
+        self._written.clear()
+        self._pending = self._answer = self._insn = self._out_done = None
+        self._out_lazy, self._queued, self._dead = False, [], ""
+        for cache in (self._exit_cache, self._out_cache, self._string_io, self._string_out,
+                      self._vmexit_cache):
+            cache.clear()
+        self.set_regs(Regs(rip=rip, rsp=rsp, rflags=rflags))
 
     def cpu_mode(self) -> int:
         """The mode the guest runs in now: 16 (real), 32 (protected) or 64 (long, CS.L = 1)."""
@@ -1023,6 +1349,17 @@ class UnicornVcpu(VCpu):
 
     def _hook_block(self, uc: Any, address: int, size: int, _: Any) -> None:
         self._last_block = (address, size)
+        if address not in self._code_blocks:  # one set lookup per block: the OUT loop's rate
+            self._note_code(address, size)   # is unchanged (measured)
+
+    def _note_code(self, address: int, size: int) -> None:
+        """A block not seen before runs: note the RAM page(s) its code is in (translated
+        now) — the pages a write from outside must drop translations of."""
+        self._code_blocks.add(address)
+        for linear in {address & ~(PAGE - 1), (address + size - 1) & ~(PAGE - 1)}:
+            gpa = self._translate(linear)
+            if gpa is not None:
+                self._code_phys.add(gpa >> 12)
 
     def _hook_invalid(self, uc: Any, _: Any) -> bool:
         """#UD in unicorn: VMCALL/VMMCALL become hypercalls; anything else is vector 6."""
@@ -1159,7 +1496,7 @@ class UnicornVcpu(VCpu):
             chunk = min(n, PAGE - (linear & (PAGE - 1)))
             if gpa is None or gpa + chunk > self.mem_size:
                 return None
-            out += bytes(self._uc.mem_read(gpa, chunk))
+            out += self._ram[gpa:gpa + chunk]
             linear, n = linear + chunk, n - chunk
         return out
 
@@ -1184,7 +1521,7 @@ class UnicornVcpu(VCpu):
             addr = table + index * width
             if addr + width > self.mem_size:
                 return None
-            entry = int.from_bytes(self._uc.mem_read(addr, width), "little")
+            entry = int.from_bytes(self._ram[addr:addr + width], "little")
             if not entry & 1:
                 return None
             if shift == 12 or (may_be_large and entry & 0x80):
