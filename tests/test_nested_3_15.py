@@ -169,3 +169,16 @@ def test_differences_cite_functions_that_exist():
                 src = git_show(*trees[k], path)
                 for f in fn:
                     assert f in src, (k, path, f)
+
+
+def test_oracle_execute_only_for_l1():
+    old = git_show(LINUX_3_15, LINUX_3_15_REV, "arch/x86/kvm/vmx.c")
+    caps = old[old.index("nested_vmx_ept_caps = VMX_EPT_PAGE_WALK_4_BIT"):]
+    assert "EXECUTE_ONLY" not in caps[:caps.index(";")]
+    mmu = git_show(LINUX_3_15, LINUX_3_15_REV, "arch/x86/kvm/mmu.c")
+    assert "(rwx_bits == 0x4 && !execonly))\n\t\t\tcontext->bad_mt_xwr |= (1ull << pte);" in mmu
+    new = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/vmx/nested.c")
+    caps = new[new.index("msrs->ept_caps =\n"):]
+    assert "VMX_EPT_EXECUTE_ONLY_BIT;" in caps[:caps.index(";") + 1]
+    assert "bool execonly = vmx->nested.msrs.ept_caps & VMX_EPT_EXECUTE_ONLY_BIT;" in function_body(
+        new, "static void nested_ept_new_eptp(")

@@ -38,10 +38,38 @@ def test_each_outcome(vm):
     assert vm.access(0x12000, "r").outcome == "fixed"                 # reads are allowed
     assert vm.access(0x12000, "w").outcome == "reflect"               # EPT02 got EPT12's rights
     assert vm.access(0x14000).outcome == "reflect"                    # not in EPT12
-    assert vm.access(0x13000).outcome == "emulate" and vm.access(0x13000).outcome == "emulate"
-    assert vm.ept02.reflected == 3 and vm.ept02.pf_emulate == 2 and vm.ept02.pf_fixed == 2
+    first, again = vm.access(0x13000), vm.access(0x13000)
+    # MMIO caching: the first access installs an MMIO SPTE (pf_emulate, pf_mmio_spte_created),
+    # the second is an EPT misconfiguration that goes straight to handle_mmio_page_fault
+    assert (first.outcome, first.exits_to, first.functions[-1]) == ("emulate", "L0 -> QEMU", "mark_mmio_spte")
+    assert (again.outcome, again.fault, again.functions[-1]) == ("emulate", None, "handle_mmio_page_fault")
+    assert vm.ept02.reflected == 3 and vm.ept02.pf_emulate == 1 and vm.ept02.pf_fixed == 2
+    assert vm.ept02.pf_mmio_spte_created == 1
     assert repr(vm.accesses[0]) == "L2Access('r' L2 GPA 0x11008: ept01_miss, HPA 0x400008, exit to L0)"
     assert "reflected=3" in repr(vm)
+
+
+def test_without_mmio_caching_every_access_takes_the_fault_path(vm):
+    vm.ept02.mmio_caching = False
+    for _ in range(2):
+        a = vm.access(0x13000)
+        assert a.outcome == "emulate" and a.functions[-1] == "handle_abnormal_pfn"
+    assert vm.ept02.pf_emulate == 2 and vm.ept02.pf_mmio_spte_created == 0
+
+
+def test_oracle_mmio_of_l1_with_and_without_caching():
+    from _sources import LINUX_6_1, LINUX_6_1_REV, function_body, git_show
+    mmu = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/mmu/mmu.c")
+    abnormal = function_body(mmu, "static int handle_abnormal_pfn(")
+    assert "if (unlikely(!enable_mmio_caching) ||" in abnormal and "return RET_PF_CONTINUE;" in abnormal
+    set_spte = function_body(mmu, "static int mmu_set_spte(")
+    assert ("if (unlikely(is_noslot_pfn(pfn))) {\n\t\tvcpu->stat.pf_mmio_spte_created++;\n"
+            "\t\tmark_mmio_spte(vcpu, sptep, gfn, pte_access);\n\t\treturn RET_PF_EMULATE;") in set_spte
+    h = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/mmu/mmu_internal.h")
+    do = function_body(h, "static inline int kvm_mmu_do_page_fault(")
+    assert "vcpu->stat.pf_emulate++;" in do and "vcpu->stat.pf_taken++;" in do
+    tmpl = git_show(LINUX_6_1, LINUX_6_1_REV, "arch/x86/kvm/mmu/paging_tmpl.h")
+    assert "ret = mmu_set_spte(vcpu, fault->slot, it.sptep, gw->pte_access," in tmpl
 
 
 def test_bad_build():

@@ -28,9 +28,10 @@ Not modelled: mode-based execute control (entry bit 10, qualification bit 6),
 #VE and "suppress #VE" (entry bit 63), sub-page write permissions, the
 "advanced VM-exit information" qualification bits 9–11, shadow-stack bits,
 the EPT paging-write/verify-guest-paging bits of newer CPUs, the TLB and
-paging-structure caches, and KVM's huge-page mappings (the TDP model maps
-4 KiB pages only; real KVM maps 2 MiB/1 GiB when the host backs the memslot
-with huge pages).
+paging-structure caches, and of KVM's huge-page choice (``kvm_mmu_hugepage_adjust``)
+everything but the memslot's shape: :class:`Tdp` with ``hugepages=True`` maps
+2 MiB pages where :func:`max_mapping_level` allows, never 1 GiB, and has no
+dirty logging, NX-huge-page workaround or MTRR limit.
 """
 
 from __future__ import annotations

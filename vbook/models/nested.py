@@ -64,7 +64,10 @@ does in Linux 6.1:
 
 Not modelled: TLBs and paging-structure caches (every walk is a full miss), the
 write-protection of L1's EPT12 pages, PML, large EPT02 pages, EPT02 roots per
-EPTP12 (``nested_ept_invalidate_addr``), 32-bit/PAE guest paging. Pure,
+EPTP12 (``nested_ept_invalidate_addr``), 32-bit/PAE guest paging; for EPT12 with
+A/D enabled, KVM setting A/D in L1's entries (``FNAME(update_accessed_dirty_bits)``)
+and mapping a clean entry read-only in EPT02 (``FNAME(protect_clean_gpte)``);
+``FNAME(pte_prefetch)`` filling neighbouring EPT02 entries after a fault. Pure,
 deterministic, stdlib only; records a Trace; never prints.
 """
 
@@ -476,6 +479,10 @@ class Ept02:
     pf_fixed: int = 0
     reflected: int = 0
     pf_emulate: int = 0
+    pf_mmio_spte_created: int = 0
+    #: ``kvm.mmio_caching`` (``enable_mmio_caching``, on by default): MMIO of L1 gets an MMIO
+    #: SPTE in EPT02, so later accesses are EPT misconfigurations (mmu/spte.c, Linux 6.1)
+    mmio_caching: bool = True
     trace: TraceRecorder = field(default_factory=TraceRecorder)
 
     @property
@@ -484,7 +491,7 @@ class Ept02:
 
     def __repr__(self) -> str:
         return (f"Ept02(root={self.tables.root:#x}, pf_fixed={self.pf_fixed}, reflected={self.reflected}, "
-                f"pf_emulate={self.pf_emulate})")
+                f"pf_emulate={self.pf_emulate}, pf_mmio_spte_created={self.pf_mmio_spte_created})")
 
 
 @dataclass(frozen=True)
@@ -527,7 +534,8 @@ class Ept02Fault:
         return f"Ept02Fault({self.outcome}, l2_gpa={self.l2_gpa:#x}, {self.access!r}, {tail})"
 
 
-_PATH_HEAD = ("handle_ept_violation", "kvm_mmu_page_fault", "ept_page_fault", "ept_walk_addr")
+_PATH_HEAD = ("handle_ept_violation", "kvm_mmu_page_fault", "kvm_mmu_do_page_fault", "ept_page_fault",
+              "ept_walk_addr")
 
 
 def ept02_fault(l1_mem_host: GuestMemory, ept01: Tdp, ept12: Eptp | int, l2_gpa: int, access: str = "r", *,
@@ -577,11 +585,23 @@ def ept02_fault(l1_mem_host: GuestMemory, ept01: Tdp, ept12: Eptp | int, l2_gpa:
     l1_gpa = w12.address
     slot_hpa = l1.hpa(l1_gpa)
     if slot_hpa is None:
+        # handle_abnormal_pfn: with MMIO caching (the default) RET_PF_CONTINUE, and ept_fetch ->
+        # mmu_set_spte -> mark_mmio_spte installs an MMIO SPTE for the L1 gfn (pf_mmio_spte_created)
+        # and returns RET_PF_EMULATE; without it RET_PF_EMULATE at once. kvm_mmu_do_page_fault
+        # counts pf_emulate either way.
+        caching = ept02.mmio_caching if ept02 is not None else True
         if ept02 is not None:
             ept02.pf_emulate += 1
+            if caching:
+                ept02.tables.set_entry(l2_gpa & ~(ept.PAGE_SIZE - 1), 1,
+                                       ept.make_mmio_spte(l1_gpa >> ept.PAGE_SHIFT))
+                ept02.pf_mmio_spte_created += 1
+        tail = ("ept_fetch", "mmu_set_spte", "mark_mmio_spte") if caching else ()
+        how = ("an MMIO SPTE in EPT02 (the next access is an EPT misconfiguration)" if caching
+               else "nothing installed (kvm.mmio_caching=0)")
         return decide(Ept02Fault("emulate", l2_gpa, access, l1_gpa, None, None, None,
-                                 f"L1 GPA {l1_gpa:#x} is in no memslot: MMIO of L1, RET_PF_EMULATE",
-                                 (*_PATH_HEAD, "kvm_faultin_pfn", "handle_abnormal_pfn"), w12))
+                                 f"L1 GPA {l1_gpa:#x} is in no memslot: MMIO of L1, RET_PF_EMULATE; {how}",
+                                 (*_PATH_HEAD, "kvm_faultin_pfn", "handle_abnormal_pfn", *tail), w12))
     t01 = ept01.tables
     w01 = ept.walk(t01.mem, t01.eptp, l1_gpa, access, maxphyaddr=t01.maxphyaddr)
     # The EPT02 leaf gets EPT12's rights (walker.pte_access); the pfn comes from the memslot

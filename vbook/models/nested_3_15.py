@@ -2,7 +2,7 @@
 
 Chapter 07 models Linux 6.1; the column the book grows from read 3.15. The 2-D
 walk is the CPU's and did not change. What KVM does with its result did, in
-three places a reader of the old code trips over:
+the places a reader of the old code trips over:
 
 1. ``handle_ept_violation`` (3.15 arch/x86/kvm/vmx.c, 6.1 arch/x86/kvm/vmx/vmx.c)
    turns the exit qualification into a page-fault error code for
@@ -23,11 +23,20 @@ three places a reader of the old code trips over:
    bits 7:8 the hardware's in both — :func:`reflected_qualification`.
 3. The MMU contexts. 3.15 has one ``vcpu->arch.mmu`` that
    ``nested_ept_init_mmu_context`` re-initialises as the shadow-EPT MMU
-   (``kvm_init_shadow_ept_mmu(vcpu, &vcpu->arch.mmu, execonly)``: no A/D, no
-   large pages, no EPTP); 6.1 points ``vcpu->arch.mmu`` at a separate
-   ``guest_mmu`` (L1's ``root_mmu`` keeps its roots while L2 runs) and passes
-   ``huge_page_level``, ``accessed_dirty`` and the EPTP (``nested_ept_new_eptp``).
-   :data:`DIFFERENCES` lists these with the functions they rest on.
+   (``kvm_init_shadow_ept_mmu(vcpu, &vcpu->arch.mmu, execonly)``: no A/D for
+   EPT12, no EPTP); 6.1 points ``vcpu->arch.mmu`` at a separate ``guest_mmu``
+   (L1's ``root_mmu`` keeps its roots while L2 runs), and ``nested_ept_new_eptp``
+   calls ``kvm_init_shadow_ept_mmu`` with ``huge_page_level``, ``accessed_dirty``
+   and the EPTP.
+4. Execute-only EPT for L1. 3.15 does not offer it (``nested_vmx_ept_caps`` has
+   no ``VMX_EPT_EXECUTE_ONLY_BIT``), so ``execonly`` is 0 and an execute-only
+   EPT12 entry is a reserved combination (``reset_rsvds_bits_mask_ept``'s
+   ``bad_mt_xwr``): reflected to L1 as an EPT misconfiguration. 6.1 offers it
+   when the CPU has it (``nested_vmx_setup_ctls_msrs``). That is also why 3.15's
+   present-from-bit-3-only error code (1.) did no harm: no EPT entry KVM used
+   could be execute-only.
+
+:data:`DIFFERENCES` lists these with the functions they rest on.
 
 The source oracle is tests/test_nested_3_15.py (both trees). Pure; never prints.
 """
@@ -131,10 +140,19 @@ DIFFERENCES: tuple[Difference, ...] = (
                "every cached EPT02 of the same EP4TA (nested_ept_invalidate_addr)",
                "arch/x86/kvm/vmx.c nested_ept_inject_page_fault",
                "arch/x86/kvm/vmx/nested.c nested_ept_inject_page_fault"),
+    Difference("execute-only EPT for L1",
+               "not offered (nested_vmx_ept_caps lacks VMX_EPT_EXECUTE_ONLY_BIT): an X-only EPT12 "
+               "entry is reserved (bad_mt_xwr) and reflected as EPT_MISCONFIG",
+               "offered when the CPU has it (VMX_EPT_EXECUTE_ONLY_BIT in ept_caps): an X-only EPT12 "
+               "entry is valid and its EPT02 copy is X-only too",
+               "arch/x86/kvm/vmx.c nested_vmx_setup_ctls_msrs, arch/x86/kvm/mmu.c reset_rsvds_bits_mask_ept",
+               "arch/x86/kvm/vmx/nested.c nested_vmx_setup_ctls_msrs, arch/x86/kvm/vmx/nested.c "
+               "nested_ept_new_eptp"),
     Difference("the shadow-EPT MMU",
                "vcpu->arch.mmu itself re-initialised: kvm_init_shadow_ept_mmu(vcpu, context, execonly)",
                "vcpu->arch.mmu = &vcpu->arch.guest_mmu (L1's root_mmu kept); "
                "kvm_init_shadow_ept_mmu(vcpu, execonly, huge_page_level, accessed_dirty, new_eptp)",
                "arch/x86/kvm/vmx.c nested_ept_init_mmu_context, arch/x86/kvm/mmu.c",
-               "arch/x86/kvm/vmx/nested.c nested_ept_init_mmu_context, arch/x86/kvm/mmu/mmu.c"),
+               "arch/x86/kvm/vmx/nested.c nested_ept_init_mmu_context, arch/x86/kvm/vmx/nested.c "
+               "nested_ept_new_eptp, arch/x86/kvm/mmu/mmu.c"),
 )

@@ -11,7 +11,8 @@ while L2 runs:
   the hardware (vmcs02) while L2 runs.
 
 :meth:`NestedVm.access` is one L2 access: the CPU walks EPT02 only
-(:func:`vbook.models.ept.walk`); a hit costs nothing; a miss is an EPT violation
+(:func:`vbook.models.ept.walk`); a hit costs nothing; an EPT misconfiguration (an MMIO SPTE L0 left
+there) goes straight to L0's MMIO emulation; a miss is an EPT violation
 that always exits to L0 (``nested_vmx_l0_wants_exit``), which then decides with
 :func:`vbook.models.nested.ept02_fault` — fix EPT02 itself, or reflect the
 violation to L1, or emulate. :meth:`NestedVm.build` sets up L1's RAM at HPA
@@ -42,8 +43,9 @@ class L2Access:
     access: str
     outcome: str
     hpa: int | None
-    exits_to: str            # "" (no exit), "L0", or "L0 -> L1"
+    exits_to: str            # "" (no exit), "L0", "L0 -> L1" or "L0 -> QEMU"
     fault: Ept02Fault | None
+    functions: tuple[str, ...] = ()     # L0's path, Linux 6.1
 
     def __repr__(self) -> str:
         where = f"HPA {self.hpa:#x}" if self.hpa is not None else "no HPA"
@@ -76,7 +78,8 @@ class NestedVm:
         if ept01_mapped:
             ept01.tables.map(0, l1_hpa, ept01_mapped)
         l1 = L1Memory(host, [slot])
-        ept12 = EptTables(l1, 0xC0000, alloc_limit=0x100000)  # type: ignore[arg-type]
+        # EPT12 without A/D: the model leaves out what KVM does with EPT12's A/D bits
+        ept12 = EptTables(l1, 0xC0000, alloc_limit=0x100000, ad=False)  # type: ignore[arg-type]
         ept02 = Ept02(EptTables(host, 0x680000, alloc_limit=0x700000))
         return cls(host, ept01, ept12, ept02, l1)
 
@@ -85,10 +88,15 @@ class NestedVm:
         hw = ept.walk(self.host, self.ept02.eptp, l2_gpa, access)
         if hw.ok:
             a = L2Access(l2_gpa, access, "hit", hw.address, "", None)
+        elif isinstance(hw.fault, ept.EptMisconfig):
+            # the MMIO SPTE L0 left in EPT02: straight to emulation, no fault path, no pf_* count
+            a = L2Access(l2_gpa, access, "emulate", None, "L0 -> QEMU", None,
+                         ("handle_ept_misconfig", "kvm_mmu_page_fault", "handle_mmio_page_fault"))
         else:
             d = ept02_fault(self.host, self.ept01, self.ept12.eptp, l2_gpa, access, ept02=self.ept02)
             hpa = d.hpa if d.outcome in ("fixed", "ept01_miss") else None
-            a = L2Access(l2_gpa, access, d.outcome, hpa, "L0 -> L1" if d.reflected else "L0", d)
+            exits = {"reflect": "L0 -> L1", "emulate": "L0 -> QEMU"}.get(d.outcome, "L0")
+            a = L2Access(l2_gpa, access, d.outcome, hpa, exits, d, d.functions)
         self.accesses.append(a)
         return a
 
