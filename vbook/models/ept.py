@@ -787,14 +787,15 @@ def guest_touch(tdp: Tdp, gpa: int, access: str = "r") -> Touch:
 
 def guest_touches(gpas: Iterable[int | tuple[int, str]], memslots: Sequence[Memslot], *,
                   mem: GuestMemory, alloc_base: int, mmio_caching: bool = True, levels: int = 4,
-                  trace: TraceRecorder | None = None) -> Touches:
+                  hugepages: bool = False, trace: TraceRecorder | None = None) -> Touches:
     """The exits a guest causes touching ``gpas`` (each a GPA, or (GPA, access)) in
     a fresh VM whose EPT starts empty: one EPT violation for the first touch of each
     RAM page (``pf_fixed`` counts them), none after; for an MMIO GPA (outside every
     memslot) a violation on the first touch of its page (KVM installs the MMIO SPTE)
-    and an EPT misconfiguration on every later one."""
+    and an EPT misconfiguration on every later one. With ``hugepages`` one violation
+    maps a whole 2 MiB frame where :func:`max_mapping_level` allows."""
     tdp = Tdp(EptTables(mem, alloc_base, levels=levels), list(memslots), mmio_caching,
-              trace=trace if trace is not None else TraceRecorder())
+              hugepages=hugepages, trace=trace if trace is not None else TraceRecorder())
     out = []
     for g in gpas:
         gpa, access = (g, "r") if isinstance(g, int) else g
