@@ -134,6 +134,17 @@ def measure(n: int, timeout: float = 5.0) -> Passes:
     return Passes(n, "kvm", first, second)
 
 
+def _footer(unit: str, shown: list[str], measured: bool, why: str | None, host: str,
+            equal: bool | None) -> list[str]:
+    """The last lines of a side-by-side table: the counters 0 everywhere, and where the
+    kernel column came from (or why it is empty)."""
+    zero = [c for c in COUNTERS if c not in shown]
+    out = [f"0 in every {unit}{', in both' if measured else ''}: {', '.join(zero)}"] if zero else []
+    if not measured:
+        return out + [f"kernel: unavailable: {why}"]
+    return out + [f"kernel: KVM_GET_STATS_FD on /dev/kvm ({host}); equal to the model: {equal}"]
+
+
 @dataclass(frozen=True)
 class SideBySide:
     """Model and kernel counters for each N; ``kernel`` is None (with ``why``) where not measured."""
@@ -166,14 +177,7 @@ class SideBySide:
             for c in shown:
                 kv = "—" if k is None else f"{k.first[c]}, {k.second[c]}"
                 lines.append(f"{n:>3d}  {c:16s} {f'{m.first[c]}, {m.second[c]}':>18s} {kv:>18s}")
-        zero = [c for c in COUNTERS if c not in shown]
-        if zero:
-            lines.append(f"0 in every pass{'' if self.kernel is None else ', in both'}: {', '.join(zero)}")
-        if self.kernel is None:
-            lines.append(f"kernel: unavailable: {self.why}")
-        else:
-            lines.append(f"kernel: KVM_GET_STATS_FD on /dev/kvm ({self.host}); "
-                         f"equal to the model: {self.equal}")
+        lines += _footer("pass", shown, self.kernel is not None, self.why, self.host, self.equal)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -365,14 +369,7 @@ class WritesSideBySide:
                  f"{g.look:#x}   (cells: model/kernel)",
                  f"{'counter':20s}" + "".join(f"{h:>{w}s}" for h in heads)]
         lines += [(f"{name:20s}" + "".join(f"{s:>{w}s}" for s in cells)).rstrip() for name, cells in rows]
-        zero = [c for c in COUNTERS if c not in self._shown()]
-        if zero:
-            lines.append(f"0 in every run{'' if k is None else ', in both'}: {', '.join(zero)}")
-        if k is None:
-            lines.append(f"kernel: unavailable: {self.why}")
-        else:
-            lines.append(f"kernel: KVM_GET_STATS_FD on /dev/kvm ({self.host}); "
-                         f"equal to the model: {self.equal}")
+        lines += _footer("run", self._shown(), k is not None, self.why, self.host, self.equal)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
