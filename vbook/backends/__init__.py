@@ -15,9 +15,11 @@ from vbook.errors import BackendUnavailable
 from vbook.guests.base import Guest
 
 BACKENDS = ("unicorn", "kvm")
+#: network back ends (not vCPU back ends: they are not in BACKENDS or available())
+NET_BACKENDS = ("tap", "loopback")
 
-__all__ = ["BACKENDS", "Exit", "HypercallExit", "IoExit", "MmioExit", "Regs", "VCpu",
-           "available", "open_vcpu", "pick"]
+__all__ = ["BACKENDS", "NET_BACKENDS", "Exit", "HypercallExit", "IoExit", "MmioExit", "Regs", "VCpu",
+           "available", "net_available", "open_net", "open_vcpu", "pick"]
 
 
 def _cls(name: str) -> Any:
@@ -61,3 +63,17 @@ def pick(backend: str = "auto") -> str:
 def open_vcpu(guest: Guest, backend: str = "unicorn", **kw: Any) -> VCpu:
     """A vCPU of ``backend`` ("unicorn", "kvm" or "auto") with ``guest`` loaded."""
     return _cls(pick(backend)).from_guest(guest, **kw)
+
+
+def net_available() -> dict[str, str | None]:
+    """Net back end ("tap", "loopback") → None if usable here, else why not."""
+    from vbook.backends.loopback_net import net_available as _net_available
+
+    return _net_available()
+
+
+def open_net(prefer: str = "tap", **kw: Any) -> Any:
+    """A real tap when one can be made here, else the loopback peer (``.why_not_tap``)."""
+    from vbook.backends.loopback_net import open_net as _open_net
+
+    return _open_net(prefer, **kw)
