@@ -31,7 +31,7 @@ def test_vhost_adds_tap_and_eventfds():
     c = p.ioctls()
     assert c.index("TUNSETIFF") < c.index("VHOST_SET_OWNER") < c.index("KVM_CREATE_VCPU")
     assert {"KVM_IOEVENTFD", "KVM_IRQFD", "VHOST_NET_SET_BACKEND"} <= set(c)
-    assert p.ignored == ("-nographic", "-device", "virtio-net-pci,netdev=n0")
+    assert p.ignored == ("-nographic",)           # the NIC is modelled: p.net
     assert "VHOST_SET_OWNER" not in plan("qemu-system-x86_64 -enable-kvm -netdev tap,id=n").ioctls()
 
 
@@ -106,3 +106,46 @@ def test_pit_and_check_extension_against_qemu_9_2_4():
                          "static void pc_init1(MachineState *machine, const char *pci_type)")
     assert piix.index("x86_cpus_init") < piix.index("pc_memory_init") \
         < piix.index("pc_basic_device_init")
+
+
+CHAPTER_01 = ("qemu-system-x86_64 -enable-kvm -m 512M -smp 2 -nographic -kernel bzImage "
+              "-netdev tap,id=n0,vhost=on -device virtio-net-pci,netdev=n0")
+
+
+def test_the_net_front_end_goes_into_the_timeline_in_qemus_order():
+    """qemu_init: kvm_init, then qemu_create_late_backends (the taps), then the board, then
+    qemu_create_cli_devices (-device), net_check_clients, and the reset (KVM_SET_REGS)."""
+    p = plan(CHAPTER_01)
+    assert len(p.steps) == 30 and p.net.pairs()[0][0].name == "virtio-net-pci.0"
+    t = [(s.function, s.call) for s in p.timeline]
+    first = {f: next(i for i, (g, _) in enumerate(t) if g == f) for f in (
+        "kvm_irqchip_create", "qemu_init", "kvm_create_vcpu", "kvm_pit_realizefn",
+        "qmp_x_exit_preconfig", "qemu_machine_creation_done", "kvm_arch_put_registers",
+        "vhost_net_start")}
+    assert list(first.values()) == sorted(first.values()), first
+    # the timeline keeps every system call of steps but the tap summary, which it details
+    summary = {"tap_open", "net_init_tap_one", "vhost_dev_init"}
+    assert [s for s in p.timeline if s.depth == 0] == [s for s in p.steps
+                                                      if s.function not in summary]
+    detail = [s.call for s in p.timeline if s.number is not None and s.depth]
+    assert detail[:4] == ["TUNGETFEATURES", "TUNSETVNETHDRSZ", "TUNSETIFF", "TUNSETOFFLOAD"]
+    assert detail[-2:] == ["VHOST_SET_OWNER", "VHOST_GET_FEATURES"]
+    # the NIC -device is modelled (its pairing is in p.net), not listed as ignored
+    assert p.ignored == ("-nographic", "-kernel", "bzImage")
+
+
+def test_nic_makes_a_tap_and_net_options_no_longer_hide():
+    p = plan("qemu-system-x86_64 -enable-kvm -nic tap,model=e1000,script=no")
+    assert p.ioctls().count("TUNSETIFF") == 1 and p.ignored == ()
+    assert [c.type for c in p.net.clients] == ["tap", "nic"]
+    with pytest.raises(CmdlineError, match="can't find value 'n9'"):
+        plan("qemu-system-x86_64 -enable-kvm -device e1000,netdev=n9")
+
+
+def test_a_chain_step_prints_as_a_tree_line():
+    from vbook.models.qemu_cmdline import Step
+    flat = Step("tap_open", "tun", "TUNSETIFF", 0x400454CA, "why")
+    assert str(flat) == f"{'tap_open':28s} {'tun':10s} TUNSETIFF (0x400454ca)  — why"
+    assert str(Step("tap_open", "tun", "TUNSETIFF", 0x400454CA, "why", depth=3)) == \
+        "    tap_open: TUNSETIFF (0x400454ca) on tun  — why"
+    assert str(Step("net_init_tap", "-", "net_tap_init(…)", depth=1)) == "net_init_tap: net_tap_init(…)"

@@ -15,21 +15,33 @@ the 8254 PIT in the kernel (``KVM_CREATE_PIT2``, with ``kernel-irqchip=on``
 only), reset loads the registers, and
 each vCPU loops in ``kvm_cpu_exec``. Only the options below are
 modelled; anything else is listed in ``Plan.ignored`` rather than guessed at.
+
+``Plan.net`` (vbook.models.qemu_net) is the network front end of the same
+command line — ``-netdev``, ``-nic`` and the ``-device`` NICs, function by
+function down to the paired net clients — and ``Plan.timeline`` is ``steps``
+with those calls in their places: the back-ends in ``qemu_create_late_backends``
+(after ``kvm_init``), the ``-nic`` NICs on the board after the PIT, the
+``-device`` NICs after the board, ``net_check_clients`` before the reset.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vbook.errors import VbookError
 from vbook.models.kvm_api import Cap, Ioctl
 
+if TYPE_CHECKING:
+    from vbook.models.qemu_net import NetPlan
+
 #: target/i386/kvm/kvm.c (QEMU 9.2.4): the EPT identity map, TSS one page above
 KVM_IDENTITY_BASE = 0xFEFFC000
 TUNSETIFF = 0x400454CA  #: linux/if_tun.h _IOW('T', 202, int)
-IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000  #: linux/if_tun.h
+IFF_TAP, IFF_NO_PI, IFF_ONE_QUEUE, IFF_VNET_HDR = 0x0002, 0x1000, 0x2000, 0x4000  #: linux/if_tun.h
 VHOST_SET_OWNER = 0xAF01  #: linux/vhost.h _IO(VHOST_VIRTIO, 0x01)
 VHOST_NET_SET_BACKEND = 0x4008AF30  #: linux/vhost.h _IOW(VHOST_VIRTIO, 0x30, struct vhost_vring_file)
 
@@ -40,22 +52,35 @@ class CmdlineError(VbookError):
 
 @dataclass(frozen=True)
 class Step:
-    """One system call QEMU makes: on which fd, from which QEMU function, and why."""
+    """One system call QEMU makes: on which fd, from which QEMU function, and why.
+
+    A step of a call chain (vbook.models.qemu_net) has ``depth`` ≥ 1, the number of
+    functions entered, and prints as a tree line: ``function: call``; ``fd`` "-" and
+    no number there mean a plain function call."""
 
     function: str
     fd: str
     call: str
     number: int | None = None
     why: str = ""
+    depth: int = 0
 
     def __str__(self) -> str:
         num = f" ({self.number:#x})" if self.number is not None else ""
-        return f"{self.function:28s} {self.fd:10s} {self.call}{num}  — {self.why}"
+        if not self.depth:
+            return f"{self.function:28s} {self.fd:10s} {self.call}{num}  — {self.why}"
+        on = f" on {self.fd}" if self.fd != "-" else ""
+        why = f"  — {self.why}" if self.why else ""
+        return f"{'  ' * (self.depth - 1)}{self.function}: {self.call}{num}{on}{why}"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The modelled start-up of one command line."""
+    """The modelled start-up of one command line.
+
+    ``steps`` are the system calls (what ``repr`` shows); ``ignored`` the options that add
+    none of them — a ``-device`` NIC is among these, its pairing is in ``net``;
+    ``timeline`` is ``steps`` with ``net``'s calls merged in QEMU's order."""
 
     cmdline: str
     ram: int
@@ -63,6 +88,8 @@ class Plan:
     irqchip: str
     steps: tuple[Step, ...]
     ignored: tuple[str, ...] = field(default=())
+    net: NetPlan | None = None
+    timeline: tuple[Step, ...] = field(default=())
 
     def __repr__(self) -> str:
         head = (f"Plan: {self.ram >> 20} MiB RAM, {self.vcpus} vCPU(s), irqchip={self.irqchip}, "
@@ -92,6 +119,10 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * unit[m.group(2).upper()]
 
 
+#: the -device drivers vbook.models.qemu_net builds (its NIC_MODELS; not imported: it imports this)
+_NIC_DEVICES = ("virtio-net-pci", "e1000")
+
+
 def _opts(text: str) -> dict[str, str]:
     out = {}
     for i, part in enumerate(text.split(",")):
@@ -106,13 +137,14 @@ def plan(cmdline: str) -> Plan:
     if not argv or "qemu-system" not in argv[0]:
         raise CmdlineError("the command line should start with qemu-system-x86_64")
     kvm, irqchip, ram, vcpus = False, "on", 128 << 20, 1
-    netdevs, ignored = [], []
+    net_args, ignored, machine, nodefaults = [], [], "pc", False
     it = iter(argv[1:])
     for arg in it:
         if arg == "-enable-kvm":
             kvm = True
             continue
         if arg in NO_VALUE:
+            nodefaults = nodefaults or arg == "-nodefaults"
             ignored.append(arg)
             continue
         if not arg.startswith("-"):
@@ -125,6 +157,8 @@ def plan(cmdline: str) -> Plan:
         o = _opts(val)
         if arg in ("-accel", "-machine", "-M"):
             accel = o.get("_") if arg == "-accel" else o.get("accel")
+            if arg != "-accel":
+                machine = o.get("type", o.get("_", machine))
             kvm = kvm or accel == "kvm"
             irqchip = o.get("kernel-irqchip", irqchip)
             if irqchip not in ("on", "off", "split"):
@@ -136,18 +170,31 @@ def plan(cmdline: str) -> Plan:
             if not n.isdigit() or int(n) < 1:
                 raise CmdlineError(f"-smp {val!r}: expected a number of vCPUs")
             vcpus = int(n)
-        elif arg == "-netdev":
-            netdevs.append(o)
+        elif arg in ("-netdev", "-nic", "-net"):
+            net_args.append((arg, val))
+        elif arg == "-device" and _opts(val).get("_", "") in _NIC_DEVICES:
+            net_args.append((arg, val))           # a NIC: modelled in Plan.net
         else:
+            if arg == "-device":
+                net_args.append((arg, val))       # qemu_net checks any netdev= it names
             ignored += [arg, val]
     if not kvm:
         raise CmdlineError("no -enable-kvm or -accel kvm: QEMU would emulate the CPU with TCG "
                            "and never open /dev/kvm")
-    return Plan(cmdline, ram, vcpus, irqchip, tuple(_steps(ram, vcpus, irqchip, netdevs)),
-                tuple(ignored))
+    from vbook.models.qemu_net import net_plan  # qemu_net imports Step from here
+
+    net = net_plan(net_args, prog=os.path.basename(argv[0]), machine=machine,
+                   nodefaults=nodefaults)
+    head, taps, board, reset, later = _steps(ram, vcpus, irqchip, net)
+    return Plan(cmdline, ram, vcpus, irqchip, tuple(head + taps + board + reset + later),
+                tuple(ignored), net,
+                tuple(head + list(net.backends) + board + list(net.board + net.devices + net.check)
+                      + reset + later))
 
 
-def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) -> list[Step]:
+def _steps(ram: int, vcpus: int, irqchip: str, net: NetPlan) -> tuple[list[Step], ...]:
+    """The system calls in five runs: kvm_init … irqchip, the taps, the board, reset and
+    KVM_RUN, what happens later (vhost start); the net calls go between them."""
     s = [
         Step("kvm_init", "-", 'open("/dev/kvm", O_RDWR)', None, "the KVM accelerator starts"),
         Step("kvm_init", "/dev/kvm", "KVM_GET_API_VERSION", Ioctl.GET_API_VERSION,
@@ -176,18 +223,23 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
         s.append(Step("kvm_arch_irqchip_create", "vm", "KVM_ENABLE_CAP", Ioctl.ENABLE_CAP,
                       f"KVM_CAP_SPLIT_IRQCHIP ({Cap.SPLIT_IRQCHIP}), 24 IOAPIC pins: LAPICs in "
                       "the kernel (so HLT still stays there), PIC/IOAPIC/PIT in QEMU"))
-    for net in netdevs:
-        if net.get("_") != "tap":
-            continue
+    head, s = s, []
+    taps = [c for c in net.clients if c.type == "tap"]
+    for tap in taps:  # the summary; net.backends has every call (TUNGETFEATURES … as well)
+        # tap_open asks TUNGETFEATURES first and adds IFF_ONE_QUEUE when the kernel offers it
+        # (Linux 6.1 TUN_FEATURES does), then IFF_VNET_HDR (net/tap-linux.c, QEMU 9.2.4)
+        flags, names = IFF_TAP | IFF_NO_PI | IFF_ONE_QUEUE, "IFF_TAP|IFF_NO_PI|IFF_ONE_QUEUE"
+        if tap.vnet_hdr:
+            flags, names = flags | IFF_VNET_HDR, names + "|IFF_VNET_HDR"
         s.append(Step("tap_open", "-", 'open("/dev/net/tun")', None, "the tun/tap clone device"))
         s.append(Step("tap_open", "tun", "TUNSETIFF", TUNSETIFF,
-                      f"IFF_TAP|IFF_NO_PI|IFF_VNET_HDR = {IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:#x}; "
-                      "creating the tap needs CAP_NET_ADMIN"))
-        if net.get("vhost") == "on":
+                      f"{names} = {flags:#x}; creating the tap needs CAP_NET_ADMIN"))
+        if tap.vhost:
             s.append(Step("net_init_tap_one", "-", 'open("/dev/vhost-net")', None,
                           "the in-kernel virtio-net data path"))
             s.append(Step("vhost_dev_init", "vhost-net", "VHOST_SET_OWNER", VHOST_SET_OWNER,
                           "binds it to QEMU's memory and starts the vhost worker"))
+    tap_steps, s = s, []
     for i in range(vcpus):
         s += [
             Step("kvm_create_vcpu", "vm", "KVM_CREATE_VCPU", Ioctl.CREATE_VCPU,
@@ -209,6 +261,7 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
                       "pc_basic_device_init → kvm_pit_init(isa_bus, 0x40) when "
                       "kvm_pit_in_kernel() (irqchip on, not split): the 8254 timer in the "
                       "kernel, ports 0x40-0x43 on KVM_PIO_BUS"))
+    board, s = s, []
     for i in range(vcpus):
         s += [
             Step("kvm_arch_put_registers", f"vcpu{i}", "KVM_SET_REGS / KVM_SET_SREGS2",
@@ -217,8 +270,10 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
             Step("kvm_cpu_exec", f"vcpu{i}", "KVM_RUN", Ioctl.RUN,
                  "in a loop, one return per exit to user space"),
         ]
-    for net in netdevs:
-        if net.get("_") == "tap" and net.get("vhost") == "on":
+    reset, s = s, []
+    for tap in taps:  # virtio_net_set_status → vhost_net_start: only a virtio-net peer starts it
+        peer = net.peer_of(tap.name)
+        if tap.vhost and peer is not None and peer.model == "virtio-net-pci":
             s.append(Step("vhost_net_start", "vhost-net", "VHOST_NET_SET_BACKEND",
                           VHOST_NET_SET_BACKEND, "later, while the guest runs: when its driver "
                           "sets DRIVER_OK, the tap fd becomes the backend"))
@@ -226,4 +281,4 @@ def _steps(ram: int, vcpus: int, irqchip: str, netdevs: list[dict[str, str]]) ->
                           "guest kicks signal an eventfd inside the kernel"))
             s.append(Step("kvm_irqchip_assign_irqfd", "vm", "KVM_IRQFD", Ioctl.IRQFD,
                           "vhost's call eventfd injects the guest interrupt"))
-    return s
+    return head, tap_steps, board, reset, s
