@@ -870,7 +870,9 @@ def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
     ``timeout`` seconds of one ``KVM_RUN`` on KVM (each goes only to its own
     backend; None keeps the backend's default); ``vcpu_kw`` go to the backend
     as they are. A fresh :class:`~vbook.devices.machine.Machine`
-    is made unless one is given. The run always ends with a :class:`LoopResult`
+    is made unless one is given; if it has a PCI bus, its ``ram`` is the
+    vCPU's memory (``vcpu.memory``) during the run, for its devices' DMA, and
+    afterwards what it was before. The run always ends with a :class:`LoopResult`
     — a guest that spins, faults or triple-faults included; only a host that
     cannot complete a hypercall, or a guest fault the unicorn backend cannot
     deliver, raises (a :class:`~vbook.errors.VbookError`).
@@ -893,10 +895,20 @@ def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
     with open_vcpu(guest, backend, **vcpu_kw) as vcpu:
         cpu = CPUState(vcpu, machine)
         machine.ctx.thread = cpu.thread_name
+        # a board with PCI devices DMAs into the vCPU's own RAM (QEMU: the RAM region behind
+        # address_space_memory); it is released with the vCPU, so it is lent for the run only
+        ram = machine.ram
+        if machine.pci_bus is not None:
+            try:
+                machine.ram = vcpu.memory
+            except VbookError:  # a vCPU that gives no view of its RAM: DMA reaches nothing
+                pass
         try:
             end, detail = kvm_vcpu_thread_fn(cpu, max_exits, handled, messages)
         except _Runaway as e:  # QEMU itself would print nothing: the guest just runs
             end, detail = End.BUDGET, str(e)
+        finally:
+            machine.ram = ram
     rs = machine.runstate
     exit_code = rs.shutdown_exit_code if rs.shutdown_requested else None
     rec.emit("qemu", "stop", end.value, detail=detail, exit_code=exit_code)
