@@ -48,6 +48,7 @@ from enum import IntEnum, IntFlag
 from typing import Any
 
 from vbook.errors import VbookError
+from vbook.models.virtio_consts import HDR_SIZE, HDR_SIZE_MRG
 
 # --- constants, with their source ---------------------------------------------------------
 
@@ -841,8 +842,9 @@ class VirtioNetGso(IntEnum):
 
 
 VIRTIO_NET_HDR_GSO_ECN = 0x80  #: or-ed into gso_type: the TCP stream uses ECN
-HDR_SIZE = 10      #: sizeof(struct virtio_net_hdr)
-HDR_SIZE_MRG = 12  #: sizeof(struct virtio_net_hdr_mrg_rxbuf) = sizeof(struct virtio_net_hdr_v1)
+# HDR_SIZE = sizeof(struct virtio_net_hdr) = 10, HDR_SIZE_MRG = sizeof(struct
+# virtio_net_hdr_mrg_rxbuf) = 12 (= sizeof(struct virtio_net_hdr_v1)): linux/virtio_net.h,
+# kept in vbook.models.virtio_consts (imported at the top)
 _HDR = struct.Struct("<BBHHHH")  # little-endian: VIRTIO 1.x, and a legacy device on x86
 _HDR_MRG = struct.Struct("<BBHHHHH")
 
