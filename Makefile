@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NBVAL  := --nbval-current-env --nbval-cell-timeout=120 --nbval-sanitize-with chapters/nbval_sanitize.cfg -p no:cacheprovider
 
-.PHONY: lab test bench chapters site lint clean
+.PHONY: lab lab-test test bench chapters site lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ chapters: $(STAMP)
 ## make site: the book as static HTML in site/ (players inlined: no kernel, no network)
 site: $(STAMP)
 	$(PY) tools/build_site.py site
+
+## make lab-test: the widgets in a real JupyterLab with live kernels (opt-in: ~40-80 s)
+lab-test: $(STAMP)
+	VBOOK_LAB_TESTS=1 $(VENV)/bin/pytest -q tests/test_jupyterlab_live.py -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vbook tests tools

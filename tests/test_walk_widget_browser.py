@@ -267,3 +267,22 @@ def test_step_render_time(opener):
     }""")
     print("\nwalk pane step ms:", json.dumps(res))
     assert res["p95"] < 50 and problems == []
+
+
+def test_a_kernel_that_goes_away_turns_the_view_static(opener):
+    """After a kernel restart the comm is closed and send() throws: the view must stop
+    offering its bits and say that flipping needs a running kernel (found in a live JupyterLab)."""
+    open_page, problems = opener
+    mem, pt = tables()
+    w = show_walk(mem, pt.cr3, 0x400123, "w", user=True)
+    last = json.loads(json.dumps(w.static_state()))
+    page = open_page(live_html(w))
+    page.wait_for_function("(window.__vbookSent || []).length === 1")
+    assert pump(page, w, last) == 1
+    page.wait_for_selector(".vp-walk.live")
+    page.evaluate("() => { window.__vbookModel.send = () => { throw new Error('Cannot send'); }; }")
+    page.click(".vp-w-row[data-level='1'] .vp-w-f[data-key='RW']")
+    page.wait_for_function("!document.querySelector('.vp-walk').classList.contains('live')")
+    assert page.locator(".vp-w-f.can-edit").count() == 0
+    assert "flipping bits needs a running kernel" in page.inner_text(".vp-w-status")
+    assert problems == []

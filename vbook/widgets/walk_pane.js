@@ -211,12 +211,14 @@ function walkPane(ctx) {
       hub.timer = setTimeout(() => {
         if (!hub.pending) return;
         hub.pending = false;
-        hub.local = "Python did not answer: is the kernel still running?";
+        hub.live = false; // no answer: treat the kernel as gone (a new hello makes it live again)
+        hub.local = "Python did not answer: is the kernel still running? Flipping bits needs a running kernel.";
         walkNotify(hub);
       }, 10000);
     } catch (e) {
       hub.pending = false;
-      hub.local = `could not reach Python: ${e}`;
+      hub.live = false; // e.g. after a kernel restart: the comm is closed, the view is static now
+      hub.local = `could not reach Python (${e}): flipping bits needs a running kernel.`;
     }
     walkNotify(hub);
     return true;
