@@ -71,10 +71,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from vbook.devices.pci import in_function
 from vbook.errors import VirtioError
 from vbook.memory import GuestMemory
 from vbook.models.qemu_memory import RunContext
@@ -753,17 +754,9 @@ def virtio_reset(vdev: VirtIODevice) -> None:
               "virtio_reset")
 
 
-@contextmanager
-def _in(vdev: VirtIODevice, fn: str) -> Iterator[None]:
-    ctx = vdev.ctx
-    if ctx.stack[-1:] == [fn]:
-        yield
-        return
-    ctx.stack.append(fn)
-    try:
-        yield
-    finally:
-        ctx.stack.pop()
+def _in(vdev: VirtIODevice, fn: str) -> AbstractContextManager[None]:
+    """``fn`` on the recorded QEMU call stack while it runs (:func:`vbook.devices.pci.in_function`)."""
+    return in_function(vdev.ctx, fn)
 
 
 # --- config space (hw/virtio/virtio-config-io.c) ----------------------------------------------
