@@ -29,6 +29,8 @@ and the value each run's ``OUT`` carried (what the guest read after its write);
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -118,19 +120,26 @@ def kvm_passes(vcpu: Any, n: int, passes: int = 2) -> list[dict[str, int]]:
     return runs
 
 
-def measure(n: int, timeout: float = 5.0) -> Passes:
-    """The same two passes on /dev/kvm: ``KVM_GET_STATS_FD`` deltas around each ``KVM_RUN``."""
-    require_kvm()
+@contextmanager
+def _cpl3_vcpu(g: Any, timeout: float) -> Iterator[Any]:
+    """A KvmVcpu with the built guest ``g`` (its ``guest()``, ``mem``, ``cr3``, ``rip``,
+    ``rsp``) started in 64-bit mode at CPL 3; closed on the way out."""
     from vbook.backends.kvm import KvmVcpu
     from vbook.backends.long_mode import start_in_long_mode
 
-    g = touch_pages.build(n)
     vcpu = KvmVcpu.from_guest(g.guest(), timeout=timeout)
     try:
         start_in_long_mode(vcpu, g.mem, g.cr3, g.rip, g.rsp, cpl=3)
-        first, second = kvm_passes(vcpu, n)
+        yield vcpu
     finally:
         vcpu.close()
+
+
+def measure(n: int, timeout: float = 5.0) -> Passes:
+    """The same two passes on /dev/kvm: ``KVM_GET_STATS_FD`` deltas around each ``KVM_RUN``."""
+    require_kvm()
+    with _cpl3_vcpu(touch_pages.build(n), timeout) as vcpu:
+        first, second = kvm_passes(vcpu, n)
     return Passes(n, "kvm", first, second)
 
 
@@ -315,15 +324,8 @@ def measure_writes(scenario: str, k: int, timeout: float = 5.0) -> WriteRuns:
     """The same runs on /dev/kvm: ``KVM_GET_STATS_FD`` deltas around each ``KVM_RUN``."""
     g = shadow_writes.build(scenario, k)          # bad input fails before any KVM is asked
     require_kvm()
-    from vbook.backends.kvm import KvmVcpu
-    from vbook.backends.long_mode import start_in_long_mode
-
-    vcpu = KvmVcpu.from_guest(g.guest(), timeout=timeout)
-    try:
-        start_in_long_mode(vcpu, g.mem, g.cr3, g.rip, g.rsp, cpl=3)
+    with _cpl3_vcpu(g, timeout) as vcpu:
         runs, seen = kvm_write_runs(vcpu, g)
-    finally:
-        vcpu.close()
     return WriteRuns(scenario, k, "kvm", tuple(runs), tuple(seen))
 
 
