@@ -138,9 +138,34 @@ def test_tx_with_a_vnet_header_backend_passes_the_header_on(features, hdr_len):
     assert be.sent == [hdr + frame(98)]
 
 
-def test_a_tap_api_backend_with_vnet_headers_is_refused():
-    with pytest.raises(VbookError, match="vnet header apart from the frame"):
-        Board(backend=LoopbackNet(vnet_hdr=True))
+@pytest.mark.parametrize("features, hdr_len", [(BASE, 10), (BASE | MRG, 12)])
+def test_a_host_end_with_vnet_headers_carries_virtio_nets_own_header(features, hdr_len):
+    """net/tap.c: ``tap_set_vnet_hdr_len`` → TUNSETVNETHDRSZ and ``using_vnet_hdr``; then
+    header and frame go to the fd as one buffer, and come back so."""
+    lo = LoopbackNet(vnet_hdr=True)
+    b = Board(backend=lo)
+    b.probe(features=features)
+    peer = b.n.nic.peer
+    assert peer.using_vnet_hdr and lo.hdr_size == b.n.host_hdr_len == hdr_len
+    post_rx(b, 2, 2048)
+    send(b, nf.neighbour_solicitation())
+    assert lo.sent == 1 and b.m.main_loop_poll() == 1
+    (head, length, data), = received(b)
+    hdr = nf.VirtioNetHdr.unpack(data, hdr_len)
+    assert (hdr.flags, hdr.gso_type) == (0, 0)
+    assert hdr.num_buffers == (1 if hdr_len == 12 else None)   # virtio-net wrote num_buffers
+    assert nf.describe(data[hdr_len:]).startswith("ICMPv6 neighbour advertisement")
+
+
+def test_a_vnet_backend_behind_the_e1000_gets_and_loses_a_zeroed_header():
+    """net/tap.c ``host_vnet_hdr_len && !using_vnet_hdr``: the e1000 knows no vnet header,
+    so the tap's is zero on the way out and cut off on the way in."""
+    lo = LoopbackNet(vnet_hdr=True)
+    m = Machine(nics=[lo])
+    assert not m.netdevs[0].using_vnet_hdr
+    net.tap_receive(m.netdevs[0], nf.neighbour_solicitation())
+    raw = lo.read_raw()
+    assert raw[:vc.HDR_SIZE] == bytes(vc.HDR_SIZE) and raw[vc.HDR_SIZE:][12:14] == b"\x86\xdd"
 
 
 def test_tx_burst_reschedules_the_bottom_half():

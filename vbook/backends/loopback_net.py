@@ -330,9 +330,15 @@ class LoopbackNet(NetEndpoint):
 
     def send(self, frame: bytes, hdr: nf.VirtioNetHdr | None = None) -> int:
         """Give one frame to the host stack; its answers are queued for :meth:`recv`."""
+        return self.write_raw(self._pack(frame, hdr))
+
+    def write_raw(self, data: bytes) -> int:
+        """What a write on a tap fd takes: the frame, after a ``hdr_size``-byte vnet header
+        with ``vnet_hdr``. The host stack's answers are queued for :meth:`read_raw`."""
         if self._rx.fileno() < 0:
             raise TapError("send", detail="this loopback is closed")
-        data = self._pack(frame, hdr)
+        if len(data) < (self.hdr_size if self.vnet_hdr else 0):
+            raise TapError("send", detail=f"{len(data)} bytes is shorter than the vnet header")
         got, frame = self._unpack(data)
         partial = bool(got and got.flags & nf.VirtioNetHdrFlag.NEEDS_CSUM)
         self.sent += 1
@@ -346,14 +352,28 @@ class LoopbackNet(NetEndpoint):
 
     def recv_hdr(self, timeout: float = 1.0) -> tuple[nf.VirtioNetHdr | None, bytes] | None:
         """(vnet header or None, frame) of the next answer, or None when none waits."""
+        data = self.read_raw(timeout)
+        return None if data is None else self._unpack(data)
+
+    def read_raw(self, timeout: float = 0.0) -> bytes | None:
+        """The next answer as a tap fd would give it (vnet header first with ``vnet_hdr``),
+        or None when none waits (the answers are queued at once: it never waits)."""
         if self._rx.fileno() < 0:
             raise TapError("recv", detail="this loopback is closed")
         ready, _, _ = select.select([self._rx], [], [], 0)
         if not ready:
             return None
-        data = self._rx.recv(65536 + self.hdr_size)
         self.received += 1
-        return self._unpack(data)
+        return self._rx.recv(65536 + self.hdr_size)
+
+    def set_vnet_hdr_len(self, length: int) -> None:
+        """``TUNSETVNETHDRSZ``: headers are ``length`` bytes from now on (10 or 12)."""
+        if not self.vnet_hdr:
+            raise TapError("TUNSETVNETHDRSZ", detail="this loopback was opened without "
+                                                     "vnet_hdr=True")
+        if length < nf.HDR_SIZE:
+            raise TapError(f"TUNSETVNETHDRSZ({length})", 22, "shorter than struct virtio_net_hdr")
+        self.hdr_size = length
 
     def drain(self, quiet: float = 0.0) -> list[bytes]:
         out = []

@@ -473,9 +473,13 @@ class Tap(NetEndpoint):
     def send(self, frame: bytes, hdr: nf.VirtioNetHdr | None = None) -> int:
         """Write one frame to the tap (what the guest's NIC sends). With ``vnet_hdr``,
         ``hdr`` (default: all zero) goes before it. Returns the bytes written."""
+        return self.write_raw(self._pack(frame, hdr))
+
+    def write_raw(self, data: bytes) -> int:
+        """``write`` on the tap fd: ``data`` as the kernel takes it (with ``vnet_hdr``, a
+        ``hdr_size``-byte vnet header and the frame — QEMU's ``tap_write_packet``)."""
         if self.fd < 0:
             raise TapError("send", detail="this tap is closed")
-        data = self._pack(frame, hdr)
         try:
             n = os.write(self.fd, data)
         except OSError as e:
@@ -486,6 +490,12 @@ class Tap(NetEndpoint):
     def recv_hdr(self, timeout: float = 1.0) -> tuple[nf.VirtioNetHdr | None, bytes] | None:
         """(vnet header or None, frame) of the next frame the kernel sent, or None after
         ``timeout`` seconds."""
+        data = self.read_raw(timeout)
+        return None if data is None else self._unpack(data)
+
+    def read_raw(self, timeout: float = 1.0) -> bytes | None:
+        """``read`` on the tap fd (QEMU's ``tap_read_packet``): the next frame as the kernel
+        gives it (vnet header first with ``vnet_hdr``), or None after ``timeout`` seconds."""
         if self.fd < 0:
             raise TapError("recv", detail="this tap is closed")
         deadline = time.monotonic() + timeout
@@ -501,9 +511,20 @@ class Tap(NetEndpoint):
                     raise TapError(f"read from {self.name}", e.errno or 0) from None
                 if data:
                     self.received += 1
-                    return self._unpack(data)
+                    return data
             if time.monotonic() >= deadline:
                 return None
+
+    def set_vnet_hdr_len(self, length: int) -> None:
+        """``TUNSETVNETHDRSZ`` on the fd (QEMU's ``tap_fd_set_vnet_hdr_len``): the vnet header
+        the kernel reads and writes is ``length`` bytes from now on (10 or 12)."""
+        if not self.vnet_hdr:
+            raise TapError("TUNSETVNETHDRSZ", detail="this tap was opened without vnet_hdr=True")
+        try:
+            fcntl.ioctl(self.fd, TunIoctl.SETVNETHDRSZ, struct.pack("i", length))
+        except OSError as e:
+            raise TapError(f"TUNSETVNETHDRSZ({length}) on {self.name}", e.errno or 0) from None
+        self.hdr_size = length
 
     def drain(self, quiet: float = 0.05) -> list[bytes]:
         """Read and return every frame until none comes for ``quiet`` seconds."""

@@ -158,12 +158,21 @@ class Machine:
         return self.pci_bus.register(dev, devfn)
 
     def add_nic(self, backend: Any, model: str = "e1000", mac: bytes | str | None = None,
-                devfn: int = -1) -> E1000State:
-        """``-nic tap,model=e1000[,mac=…]`` with ``backend`` as the tap: its client and the NIC."""
+                devfn: int = -1, props: dict[str, Any] | None = None) -> Any:
+        """``-nic tap,model=e1000[,mac=…]`` with ``backend`` as the tap: its client and the NIC
+        (``model="virtio-net-pci"``: :func:`~vbook.devices.virtio_net.add_virtio_net`, with
+        ``props`` its ``-device`` properties, e.g. ``{"event_idx": False}``)."""
         from vbook.devices import e1000, net_client
 
+        if model == "virtio-net-pci":
+            from vbook.devices.virtio_net import add_virtio_net
+
+            return add_virtio_net(self, backend, mac=mac, devfn=devfn, props=props)
         if model != "e1000":
-            raise VbookError(f"NIC model {model!r} is not on this board (it has: e1000)")
+            raise VbookError(f"NIC model {model!r} is not on this board (it has: e1000, "
+                             "virtio-net-pci)")
+        if props:
+            raise VbookError(f"e1000: no -device properties are modelled (got {sorted(props)})")
         n = len(self.netdevs)
         nd = net_client.net_init_backend(backend, f"net{n}", self.ctx)
         macaddr = bytes.fromhex(mac.replace(":", "")) if isinstance(mac, str) else (mac or b"")
@@ -190,10 +199,18 @@ class Machine:
                       file="hw/isa/piix.c", pirq="ABCD"[pirq], level=level)
 
     def main_loop_poll(self, timeout: float = 0.0) -> int:
-        """The main loop's fd handlers: frames waiting in each backend go to its NIC
-        (``tap_send``). Returns how many frames were read."""
+        """One turn of QEMU's main loop (``main_loop_wait``): bottom halves the devices
+        scheduled (``aio_bh_poll``: virtio-net's TX bh when it is deferred), then the fd
+        handlers — frames waiting in each backend go to its NIC (``tap_send``). ``timeout``
+        is how long the first read of each backend may wait. Returns how many frames were
+        read."""
         from vbook.devices.net_client import net_backend_poll
+        from vbook.devices.virtio import run_bottom_halves
 
+        for dev in self.pci_bus.devices if self.pci_bus is not None else ():
+            vdev = getattr(dev, "vdev", None)
+            if vdev is not None and any(bh.scheduled for bh in getattr(vdev, "bhs", ())):
+                run_bottom_halves(vdev)
         return sum(net_backend_poll(nd, timeout) for nd in self.netdevs)
 
     def info_pci(self) -> str:

@@ -165,6 +165,10 @@ class NetClientState:
     #: a backend's fd is polled (net/tap.c ``tap_read_poll``): off while the NIC holds a
     #: queued frame of ours, on again when it went in (``tap_send_completed``)
     read_poll: bool = True
+    #: net/tap.c ``TAPState.using_vnet_hdr``: the NIC reads and writes the backend's vnet
+    #: header itself (set by ``tap_set_vnet_hdr_len``); until then a backend opened with
+    #: vnet headers gets a zeroed one put in front of each frame and has it cut off its own
+    using_vnet_hdr: bool = False
     incoming_queue: NetQueue = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -405,11 +409,42 @@ def qemu_set_link(nc: NetClientState, up: bool) -> None:
 # --- a backend as a NetClientState (net/tap.c) ----------------------------------------------------
 
 def tap_receive(nc: NetClientState, buf: bytes) -> int:
-    """net/tap.c: a frame from the NIC goes out on the host side (``writev`` on the tap fd)."""
+    """net/tap.c ``tap_receive`` → ``tap_receive_iov``: a frame from the NIC goes out on the
+    host side (``writev`` on the tap fd).
+
+    A host end with a wire format of its own (``write_raw``: :class:`~vbook.backends.tap.Tap`,
+    :class:`~vbook.backends.loopback_net.LoopbackNet`) gets ``buf`` as is once the NIC uses the
+    vnet header (``using_vnet_hdr``: ``buf`` starts with it); before that its ``send`` puts a
+    zeroed header in front when it has vnet headers — QEMU's ``host_vnet_hdr_len &&
+    !using_vnet_hdr`` case. Any other backend gets ``buf`` through ``send``.
+    """
     nc.emit("host", "net", f"tap_receive: {type(nc.backend).__name__}.send({_head(buf)})",
             "tap_receive", TAP_FILE, **_frame_data(buf))
-    nc.backend.send(bytes(buf))
+    write_raw = getattr(nc.backend, "write_raw", None)
+    if nc.using_vnet_hdr and write_raw is not None:
+        write_raw(bytes(buf))
+    else:
+        nc.backend.send(bytes(buf))
     return len(buf)
+
+
+def tap_set_vnet_hdr_len(nc: NetClientState, length: int) -> None:
+    """net/tap.c: ``TUNSETVNETHDRSZ(length)`` on the backend, and ``using_vnet_hdr = true``."""
+    set_len = getattr(nc.backend, "set_vnet_hdr_len", None)
+    if set_len is not None:
+        set_len(length)
+    elif hasattr(nc.backend, "hdr_size"):
+        nc.backend.hdr_size = length
+    nc.using_vnet_hdr = True
+
+
+def _backend_read(nc: NetClientState, timeout: float) -> bytes | None:
+    """``tap_read_packet``, and with ``host_vnet_hdr_len && !using_vnet_hdr`` the header cut
+    off (a host end's ``recv`` does that); raw reads once the NIC uses the header."""
+    read_raw = getattr(nc.backend, "read_raw", None)
+    if nc.using_vnet_hdr and read_raw is not None:
+        return read_raw(timeout)
+    return nc.backend.recv(timeout)
 
 
 def _tap_info(kind: str) -> NetClientInfo:
@@ -441,7 +476,7 @@ def net_backend_poll(nc: NetClientState, timeout: float = 0.0,
     packets = 0
     try:
         while packets < budget:
-            frame = nc.backend.recv(timeout if packets == 0 else 0.0)
+            frame = _backend_read(nc, timeout if packets == 0 else 0.0)
             if frame is None:
                 break
             frame = bytes(frame)
@@ -476,5 +511,5 @@ __all__ = [
     "qemu_flush_queued_packets", "qemu_get_nic_opaque", "qemu_macaddr_default_if_unset",
     "qemu_net_queue_flush", "qemu_net_queue_send", "qemu_new_net_client", "qemu_new_nic",
     "qemu_receive_packet", "qemu_send_packet", "qemu_send_packet_async", "qemu_set_link",
-    "tap_receive",
+    "tap_receive", "tap_set_vnet_hdr_len",
 ]

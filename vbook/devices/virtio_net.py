@@ -386,13 +386,6 @@ def peer_test_vnet_hdr(n: VirtIONet) -> None:
     if b is None:
         return
     n.has_vnet_hdr = bool(getattr(b, "vnet_hdr", False))
-    if n.has_vnet_hdr and hasattr(b, "recv_hdr"):
-        raise VbookError(
-            f"virtio-net-pci: the backend {type(b).__name__}(vnet_hdr=True) takes the vnet "
-            "header apart from the frame (send(frame, hdr)), but the net layer here "
-            "(net_client.tap_receive / tap_send) passes header and frame as one buffer, as a "
-            "tap fd takes them; use vnet_hdr=False, or a backend whose send/recv carry "
-            "header + frame")
 
 
 def peer_has_ufo(n: VirtIONet) -> bool:
@@ -407,10 +400,11 @@ def peer_has_uso(n: VirtIONet) -> bool:
 
 
 def qemu_set_vnet_hdr_len(n: VirtIONet, length: int) -> None:
-    """net/tap.c ``tap_set_vnet_hdr_len`` → ``TUNSETVNETHDRSZ``: the backend's ``hdr_size``."""
-    b = _backend(n)
-    if b is not None and hasattr(b, "hdr_size"):
-        b.hdr_size = length
+    """net/net.c → net/tap.c ``tap_set_vnet_hdr_len``: ``TUNSETVNETHDRSZ(length)`` on the
+    backend and ``using_vnet_hdr``: from now on the tap carries virtio-net's own header."""
+    peer = n.nic.peer if n.nic is not None else None
+    if peer is not None:
+        net.tap_set_vnet_hdr_len(peer, length)
     n.ev("net", f"qemu_set_vnet_hdr_len: the backend's vnet header is {length} bytes "
          "(TUNSETVNETHDRSZ)", "virtio_net_set_mrg_rx_bufs", hdr_len=length)
 

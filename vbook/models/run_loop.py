@@ -450,6 +450,11 @@ def kvm_cpu_exec(cpu: CPUState, max_exits: int, handled: list[Handled],
         h = Handled(exit_reason, exit, (fn, *path), ret)
         handled.append(h)
         _mark_reply(cpu, start, exit)
+        if cpu.machine.netdevs:
+            # QEMU's main loop thread runs beside the vCPU thread; the model gives it its
+            # turn after every exit (bottom halves, then the backends' fds: tap_send), so a
+            # frame the host answered is in the guest's ring before the guest runs again
+            cpu.machine.main_loop_poll()
         cpu.stack = [THREAD_FN, fn]
         again = "loop: KVM_RUN again" if ret == 0 else "leave the loop"
         _emit(cpu, "ret", f"ret = {excp_name(ret)}: {again}", fn, KVM_FILE, ret=ret,
