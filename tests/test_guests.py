@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from vbook.errors import GuestError
-from vbook.guests import ALL, EXTRA, MISBEHAVING, build, get
+from vbook.guests import ALL, EXTRA, MISBEHAVING, NET, build, get
 from vbook.guests.base import Guest
 from vbook.guests.ports import COM1, KBD_DATA, LOAD_ADDR, MEM_SIZE, MMIO_BASE, TESTDEV_PORT
 
-EVERY = {**ALL, **EXTRA, **MISBEHAVING}
+EVERY = {**ALL, **EXTRA, **NET, **MISBEHAVING}
 
 
 def needs_as():
@@ -28,6 +28,7 @@ def test_all_has_the_guests_the_book_needs():
     assert set(ALL) == {"hello", "in_out", "mmio", "hypercall", "triple_fault", "long_mode",
                         "serial_hello", "debug_exit", "cpuid_loop"}
     assert set(EXTRA) == {"map_gpa_range", "hypercalls"}
+    assert set(NET) == {"e1000_ping", "virtio_net_ping"}
     assert set(MISBEHAVING) == {"spin", "unmapped_fetch"}
     assert not set(ALL) & set(MISBEHAVING)
 

@@ -16,6 +16,11 @@ gates natively). ``MISBEHAVING`` never finish on their own and exist to show
 how a backend refuses to hang.
 
 The ports and addresses they use are named in :mod:`vbook.guests.ports`;
+``NET`` are NIC drivers (:mod:`~vbook.guests.e1000_ping`,
+:mod:`~vbook.guests.virtio_net_ping`): they need their NIC on the board
+(``Machine().add_nic(endpoint, model=…)``; :func:`vbook.net_run.run_ping` sets it
+all up) and stop at once without one.
+
 ``python -m vbook.guests.build`` re-assembles the listings.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 from vbook.guests import (
     cpuid_loop,
     debug_exit,
+    e1000_ping,
     hello,
     hypercall,
     hypercalls,
@@ -35,6 +41,7 @@ from vbook.guests import (
     spin,
     triple_fault,
     unmapped_fetch,
+    virtio_net_ping,
 )
 from vbook.guests.base import Guest
 
@@ -54,6 +61,9 @@ ALL: dict[str, Guest] = {g.name: g for g in (
 #: guests whose point needs a VMM option (see each module)
 EXTRA: dict[str, Guest] = {g.name: g for g in (map_gpa_range.GUEST, hypercalls.GUEST)}
 
+#: NIC drivers: they need their NIC on the board (see vbook.net_run)
+NET: dict[str, Guest] = {g.name: g for g in (e1000_ping.GUEST, virtio_net_ping.GUEST)}
+
 #: guests that never end by themselves: a backend must stop them with a clear error
 MISBEHAVING: dict[str, Guest] = {g.name: g for g in (spin.GUEST, unmapped_fetch.GUEST)}
 
@@ -62,11 +72,11 @@ def get(name: str) -> Guest:
     """The guest called ``name`` from ALL, EXTRA or MISBEHAVING."""
     from vbook.errors import GuestError
 
-    for table in (ALL, EXTRA, MISBEHAVING):
+    for table in (ALL, EXTRA, NET, MISBEHAVING):
         if name in table:
             return table[name]
-    known = ", ".join(sorted({**ALL, **EXTRA, **MISBEHAVING}))
+    known = ", ".join(sorted({**ALL, **EXTRA, **NET, **MISBEHAVING}))
     raise GuestError(f"no guest named {name!r}; known guests: {known}")
 
 
-__all__ = ["ALL", "EXTRA", "MISBEHAVING", "Guest", "get"]
+__all__ = ["ALL", "EXTRA", "MISBEHAVING", "NET", "Guest", "get"]

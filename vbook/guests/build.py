@@ -33,7 +33,7 @@ from vbook.errors import GuestError
 #: the guest modules, in ``vbook.guests``, whose CODE this script maintains
 MODULES = ("hello", "in_out", "mmio", "hypercall", "triple_fault", "long_mode",
            "map_gpa_range", "spin", "unmapped_fetch", "hypercalls", "serial_hello", "debug_exit",
-           "cpuid_loop")
+           "cpuid_loop", "virtio_net_ping", "e1000_ping")
 
 TOOLS = ("as", "objcopy")
 

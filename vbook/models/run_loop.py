@@ -866,7 +866,8 @@ QEMU_2_0_DIFFERENCES: tuple[Difference, ...] = (
 
 def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
         machine: Machine | None = None, *, budget: int | None = None,
-        timeout: float | None = None, **vcpu_kw: Any) -> LoopResult:
+        timeout: float | None = None, trace: TraceRecorder | None = None,
+        **vcpu_kw: Any) -> LoopResult:
     """Run ``guest`` through the model of QEMU's vCPU thread on ``backend``.
 
     ``backend``: "unicorn", "kvm" or "auto" (see :func:`vbook.backends.pick`);
@@ -881,12 +882,20 @@ def run(guest: Guest, backend: str = "auto", max_exits: int = 10_000,
     — a guest that spins, faults or triple-faults included; only a host that
     cannot complete a hypercall, or a guest fault the unicorn backend cannot
     deliver, raises (a :class:`~vbook.errors.VbookError`).
+    ``trace`` is the recorder to record into (a subclass that notes extra state per
+    event, such as :class:`vbook.widgets.ring.RingRecorder`); by default a fresh one.
     """
     if max_exits < 1:
         raise VbookError(f"max_exits must be at least 1, got {max_exits}")
     backend = pick(backend)
-    rec = TraceRecorder(title=f"{guest.name} on {backend} (QEMU 9.2.4 model)",
-                        guest=guest.name, backend=backend, model="qemu-9.2.4")
+    meta = dict(title=f"{guest.name} on {backend} (QEMU 9.2.4 model)",
+                guest=guest.name, backend=backend, model="qemu-9.2.4")
+    if trace is None:
+        rec = TraceRecorder(**meta)
+    else:
+        rec = trace
+        for k, v in meta.items():
+            rec.meta.setdefault(k, v)
     if machine is None:
         machine = Machine.with_trace(rec)
     else:
