@@ -320,6 +320,9 @@ def main() -> None:
     exit_figures()
     print("  page walks (4-level, 4 KiB pages, random addresses over 512 mapped pages):")
     walk_figures()
+    import bench_net
+
+    bench_net.main()
     print(f"  import vbook: {import_time() * 1000:.0f} ms (budget 300 ms)")
     total = 0.0
     for name, dt in chapter_times():
@@ -332,6 +335,11 @@ if __name__ == "__main__":
     if "--exits" in sys.argv[1:]:  # only the exit-loop section
         print("vbook bench: exit loops only")
         exit_figures()
+    elif "--net" in sys.argv[1:]:  # only the network section
+        import bench_net
+
+        print("vbook bench: network only")
+        bench_net.main()
     elif "--walks" in sys.argv[1:]:  # only the page-walk section
         print("vbook bench: page walks only")
         walk_figures()

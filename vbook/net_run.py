@@ -42,7 +42,6 @@ from vbook.guests import e1000_ping, net_ping, virtio_net_ping
 from vbook.guests.base import Guest
 from vbook.guests.ports import TESTDEV_PORT
 from vbook.models import run_loop
-from vbook.models.virtio_consts import HDR_SIZE
 from vbook.trace import Trace, TraceRecorder
 
 #: the NICs :func:`run_ping` knows: name -> (guest, QEMU -device model, uses vnet headers)
@@ -176,9 +175,10 @@ def shown(result: run_loop.LoopResult) -> list[int]:
             if x.io is not None and x.io.port == TESTDEV_PORT]
 
 
-def _frames(trace: Trace, fn: str, hdr_len: int = 0) -> list[bytes]:
-    """The frames of the ``fn`` events (``tap_receive``, ``tap_send``), their vnet header cut off."""
-    return [bytes.fromhex(ev.data["frame"])[hdr_len:] for ev in trace.events
+def _frames(trace: Trace, fn: str) -> list[bytes]:
+    """The frames of the ``fn`` events (``tap_receive``, ``tap_send``; without a vnet header:
+    the event keeps that apart, as ``vnet_hdr``)."""
+    return [bytes.fromhex(ev.data["frame"]) for ev in trace.events
             if ev.data.get("fn") == fn and "frame" in ev.data]
 
 
@@ -213,13 +213,11 @@ def run_ping(nic: str = "virtio-net", backend: str = "auto", net: str = "tap",
         if own:
             endpoint.close()
     kind = str(getattr(endpoint, "kind", "?"))
-    # the tap carries virtio-net's header (10 bytes: the driver takes no MRG_RXBUF)
-    hdr_len = HDR_SIZE if vnet_hdr else 0
     label = nic if nic == "e1000" else f"virtio-net{' + EVENT_IDX' if event_idx else ''}"
     return NetRun(nic=label, result=result, counts=counts(result, label, kind),
                   shown=shown(result), net=kind, why_not_tap=getattr(endpoint, "why_not_tap", None),
-                  sent=_frames(result.trace, "tap_receive", hdr_len),
-                  delivered=_frames(result.trace, "tap_send", hdr_len))
+                  sent=_frames(result.trace, "tap_receive"),
+                  delivered=_frames(result.trace, "tap_send"))
 
 
 def compare(backend: str = "auto", net: str = "loopback") -> list[NetRun]:

@@ -183,8 +183,20 @@ class NetClientState:
         self.ctx.emit(actor, kind, label, fn=fn, file=file, client=self.name, **data)
 
 
-def _frame_data(buf: bytes) -> dict[str, Any]:
+def _frame_data(buf: bytes, hdr_len: int = 0) -> dict[str, Any]:
+    """``len`` (bytes through the fd) and ``frame`` (hex); with a vnet header in front,
+    ``frame`` is what follows it and ``vnet_hdr`` the header."""
+    if hdr_len:
+        return {"len": len(buf), "frame": bytes(buf[hdr_len:]).hex(),
+                "vnet_hdr": bytes(buf[:hdr_len]).hex()}
     return {"len": len(buf), "frame": bytes(buf).hex()}
+
+
+def _vnet_hdr_len(nc: NetClientState) -> int:
+    """The vnet header in front of each frame on the fd, once the NIC uses it (else 0)."""
+    if nc.using_vnet_hdr and getattr(nc.backend, "vnet_hdr", False):
+        return int(getattr(nc.backend, "hdr_size", 0))
+    return 0
 
 
 def _head(buf: bytes) -> str:
@@ -418,8 +430,10 @@ def tap_receive(nc: NetClientState, buf: bytes) -> int:
     zeroed header in front when it has vnet headers — QEMU's ``host_vnet_hdr_len &&
     !using_vnet_hdr`` case. Any other backend gets ``buf`` through ``send``.
     """
-    nc.emit("host", "net", f"tap_receive: {type(nc.backend).__name__}.send({_head(buf)})",
-            "tap_receive", TAP_FILE, **_frame_data(buf))
+    hl = _vnet_hdr_len(nc)
+    what = _head(buf[hl:]) + (f" after a {hl}-byte vnet header" if hl else "")
+    nc.emit("host", "net", f"tap_receive: {type(nc.backend).__name__}.send({what})",
+            "tap_receive", TAP_FILE, **_frame_data(buf, hl))
     write_raw = getattr(nc.backend, "write_raw", None)
     if nc.using_vnet_hdr and write_raw is not None:
         write_raw(bytes(buf))
@@ -480,8 +494,10 @@ def net_backend_poll(nc: NetClientState, timeout: float = 0.0,
             if frame is None:
                 break
             frame = bytes(frame)
-            nc.emit("host", "net", f"tap_send: {type(nc.backend).__name__}.recv() gave "
-                    f"{_head(frame)}", "tap_send", TAP_FILE, **_frame_data(frame))
+            hl = _vnet_hdr_len(nc)
+            what = _head(frame[hl:]) + (f" after a {hl}-byte vnet header" if hl else "")
+            nc.emit("host", "net", f"tap_send: {type(nc.backend).__name__}.recv() gave {what}",
+                    "tap_send", TAP_FILE, **_frame_data(frame, hl))
             if net_peer_needs_padding(nc) and len(frame) < ETH_ZLEN:
                 padded = eth_pad_short_frame(frame)
                 nc.emit("qemu", "net", f"eth_pad_short_frame: {len(frame)} → {ETH_ZLEN} bytes",
