@@ -70,7 +70,7 @@ def test_an_emulated_out_advances_rip_before_the_exit():
 
 
 CHAPTERS = ("01_kvm_intro", "02_qemu_run_loop", "03_kvm_run_loop", "04_hypercall", "05_shadow_paging",
-            "06_ept", "07_ept_nested")
+            "06_ept", "07_ept_nested", "08_emulated_nic", "09_virtio_net")
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

@@ -275,7 +275,7 @@ xmit_frame:
         and   bx, RING_LEN - 1
         mov   word ptr [tx_next - _start + LOAD_ADDR], bx
         movzx eax, bx
-        mov   dword ptr es:[TDT], eax          # the doorbell: QEMU's set_tdt -> start_xmit
+        mov   dword ptr es:[TDT], eax          # the doorbell: QEMU's set_tctl -> start_xmit
         ret
 
 # --- wait for the answer: poll ICR; where it is non-zero, what e1000_intr and NAPI do ----------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from vbook.widgets.hypercall import HypercallView, show_hypercalls
 from vbook.widgets.kernel_loop import KernelLoopView, show_kernel_loop
+from vbook.widgets.packet_flow import PacketFlowView, packet_flow, show_packet_flow
 from vbook.widgets.player import (
     StepError,
     TracePlayer,
@@ -24,6 +25,7 @@ from vbook.widgets.player import (
     static_html,
 )
 from vbook.widgets.qemu_loop import QemuLoopView, show_loop
+from vbook.widgets.ring import RingRecorder, RingView, show_ring
 from vbook.widgets.run_loop import (
     KvmRunView,
     RunLoopTimeline,
@@ -39,7 +41,10 @@ __all__ = [
     "HypercallView",
     "KernelLoopView",
     "KvmRunView",
+    "PacketFlowView",
     "QemuLoopView",
+    "RingRecorder",
+    "RingView",
     "RunLoopTimeline",
     "RunView",
     "ShadowRecorder",
@@ -53,10 +58,13 @@ __all__ = [
     "inline_widgets",
     "kvm_run_layout",
     "notebook_html",
+    "packet_flow",
     "show_ept_walk",
     "show_hypercalls",
     "show_kernel_loop",
     "show_loop",
+    "show_packet_flow",
+    "show_ring",
     "show_run",
     "show_shadow",
     "show_walk",
