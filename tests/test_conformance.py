@@ -122,3 +122,20 @@ def test_a_guest_started_in_long_mode_gives_the_same_exits(cpl):
         pte = paging.walk(g.mem, g.cr3, TSS_ADDR).steps[-1].entry_addr
         kvm_ram[pte] &= ~int(paging.PteFlags.A)
     assert kvm_ram == uni_ram
+
+
+# --- the NIC drivers (vbook.guests.NET): their NIC on the board, the loopback host end ---------
+
+@pytest.mark.parametrize("nic", ["e1000", "virtio-net"])
+def test_the_nic_drivers_give_the_same_exits(nic):
+    """e1000_ping and virtio_net_ping with the Python host end, which answers at once and
+    the same way every time: the same exits, handlers and per-packet counts on both."""
+    _usable()
+    from vbook.net_run import run_ping
+
+    uni = run_ping(nic, "unicorn", "loopback")
+    kvm = run_ping(nic, "kvm", "loopback")
+    assert uni.answered and kvm.answered
+    assert [e.to_dict() for e in kvm.result.exits] == [e.to_dict() for e in uni.result.exits]
+    assert kvm.result.handlers == uni.result.handlers
+    assert kvm.counts.row() == uni.counts.row()

@@ -306,17 +306,17 @@ def test_a_tx_ring_of_several_descriptors():
     assert n.r(MacReg.ICR) == Icr.TXDW | Icr.TXQE and n.m.pirq[0] == 0
     # one start_xmit, descriptor by descriptor, in QEMU's order
     fns = [f for f in n.fns() if f in ("start_xmit", "pci_dma_read", "process_tx_desc",
-                                       "e1000_send_packet", "qemu_send_packet", "tap_receive",
+                                       "e1000_send_packet", "qemu_send_packet", "tap_receive_iov",
                                        "txdesc_writeback", "pci_dma_write", "set_ics")]
     assert fns == [
         "start_xmit",                                                   # TDH 0 → TDT 4
         "start_xmit", "pci_dma_read", "process_tx_desc", "e1000_send_packet",
-        "qemu_send_packet", "tap_receive", "pci_dma_write", "txdesc_writeback",   # f1, DD
+        "qemu_send_packet", "tap_receive_iov", "pci_dma_write", "txdesc_writeback",   # f1, DD
         "start_xmit", "pci_dma_read", "process_tx_desc", "e1000_send_packet",
-        "qemu_send_packet", "tap_receive",                                         # f2, no RS
+        "qemu_send_packet", "tap_receive_iov",                                         # f2, no RS
         "start_xmit", "pci_dma_read", "pci_dma_write", "txdesc_writeback",        # f3a
         "start_xmit", "pci_dma_read", "process_tx_desc", "e1000_send_packet",
-        "qemu_send_packet", "tap_receive", "pci_dma_write", "txdesc_writeback",   # f3a + f3b
+        "qemu_send_packet", "tap_receive_iov", "pci_dma_write", "txdesc_writeback",   # f3a + f3b
         "start_xmit", "set_ics"]                                                  # done
 
 
@@ -694,7 +694,7 @@ def test_every_step_is_recorded_with_qemus_names_and_round_trips():
     assert Trace.from_json(t.to_json()) == t
     fns = set(n.fns())
     for fn in ("start_xmit", "process_tx_desc", "e1000_send_packet",
-               "qemu_send_packet", "tap_receive", "txdesc_writeback", "set_ics",
+               "qemu_send_packet", "tap_receive_iov", "txdesc_writeback", "set_ics",
                "set_interrupt_cause", "pci_irq_handler", "piix_set_pci_irq", "pci_dma_read",
                "pci_dma_write", "tap_send", "eth_pad_short_frame", "qemu_deliver_packet_iov",
                "e1000_receive_iov", "e1000_mmio_write", "e1000_mmio_read"):

@@ -117,7 +117,7 @@ def expected(trace: Trace, step: int) -> dict[str, int]:
     evs = trace.events[: step + 1]
     exits = [e for e in evs if e.actor == "kvm" and e.kind == "exit"]
     tap = sum(e["len"] for e in evs if e.actor == "host" and e.data.get("fn") in
-              ("tap_receive", "tap_send"))
+              ("tap_receive_iov", "tap_send"))
     # packet buffers, not descriptors: what the DMA event says it moved
     dma = sum(e["len"] for e in evs if e.actor == "qemu" and e.kind == "dma"
               and e["what"] in ("TX buffer", "RX buffer"))
@@ -126,7 +126,7 @@ def expected(trace: Trace, step: int) -> dict[str, int]:
         "vm_exits": len(exits), "user_exits": len(exits),
         "pio_exits": sum(1 for e in exits if e["exit_reason"] == ExitReason.IO),
         "mmio_exits": sum(1 for e in exits if e["exit_reason"] == ExitReason.MMIO),
-        "tx_frames": sum(1 for e in evs if e.actor == "host" and e["fn"] == "tap_receive"),
+        "tx_frames": sum(1 for e in evs if e.actor == "host" and e["fn"] == "tap_receive_iov"),
         "tap_bytes": tap, "bytes_copied": dma + rx, "bytes_moved": tap + dma + rx,
     }
 
@@ -155,7 +155,7 @@ def test_lanes_of_a_real_e1000_run(e1000_run):
     for fn in ("start_xmit", "pci_dma_read", "e1000_send_packet", "qemu_send_packet",
                "kvm_handle_io", "e1000_mmio_write"):
         assert lanes[index(t, fn)] == "vcpu", fn
-    assert lanes[index(t, "tap_receive")] == "host"
+    assert lanes[index(t, "tap_receive_iov")] == "host"
     assert "main" not in lanes
 
 
@@ -168,7 +168,7 @@ def test_lanes_of_a_real_virtio_run_use_the_main_loop(virtio_run):
         assert t[i]["thread"] == "main" and lanes[i] == "main", fn
     for fn in ("virtio_queue_notify", "qemu_bh_schedule", "virtio_pci_config_write"):
         assert lanes[index(t, fn)] == "vcpu", fn
-    tap = index(t, "tap_receive")
+    tap = index(t, "tap_receive_iov")
     assert lanes[tap] == "host" and t[tap]["thread"] == "main"
     # every qemu/device event is on the lane its thread says
     for i, e in enumerate(t.events):
@@ -187,7 +187,7 @@ def test_e1000_tx_journey_from_the_tdt_write_to_the_tap(e1000_run):
     assert door.kind == "exit" and door["exit_reason"] == ExitReason.MMIO
     assert door["phys_addr"] == GUEST_BAR0 + TDT and door["is_write"]
     assert t[j["start"]].actor == "guest" and j["start"] == j["doorbell"] - 1
-    assert j["end"] == j["tap"] == index(t, "tap_receive")
+    assert j["end"] == j["tap"] == index(t, "tap_receive_iov")
     assert j["events"] == list(range(j["start"], j["end"] + 1))
     assert j["frame"] == {"text": nf.describe(E1000_FRAME), "len": len(E1000_FRAME),
                           "hex": E1000_FRAME.hex(), "hdr": 0}
@@ -203,7 +203,7 @@ def test_virtio_tx_journey_goes_through_the_bottom_half(virtio_run):
     assert t[j["handoff"]]["fn"] == "qemu_bh_schedule"
     assert t[j["handoff"]]["bh"] == "virtio_net_tx_bh"
     fns = [t[i].data.get("fn") for i in j["events"]]
-    assert fns.index("qemu_bh_schedule") < fns.index("aio_bh_poll") < fns.index("tap_receive")
+    assert fns.index("qemu_bh_schedule") < fns.index("aio_bh_poll") < fns.index("tap_receive_iov")
     # the lanes in the order the frame meets them
     seen = list(dict.fromkeys(v["lane"][i] for i in j["events"]))
     assert seen == ["guest", "kvm", "vcpu", "main", "host"]
@@ -500,17 +500,17 @@ def test_page_click_a_mark_shows_the_function_file_and_frame(open_flow, e1000_ru
     open_page, problems = open_flow
     t = e1000_run.trace
     page = open_page(PacketFlowView(e1000_run).to_html(full_page=True))
-    tap = index(t, "tap_receive")
+    tap = index(t, "tap_receive_iov")
     page.click(f".vp-pf-mark[data-i='{tap}']")
     assert _step(page) == tap
-    assert _text(page, ".vp-pf-fn") == "tap_receive() — net/tap.c"
+    assert _text(page, ".vp-pf-fn") == "tap_receive_iov() — net/tap.c"
     assert _text(page, ".vp-pf-where") == "host · thread CPU 0/KVM"
     assert _text(page, ".vp-pf-frame-text") == nf.describe(E1000_FRAME)
     assert _text(page, ".vp-pf-hex").startswith("54 bytes: ff ff ff ff ff ff 52 54 00 12 34 56")
     assert _text(page, ".vp-pf-journey") == "TX 1: step 12 of 12 — written to the tap"
     assert _text(page, ".vp-caption-text") == t[tap].label
     note = _text(page, ".vp-caption-note")
-    assert note.startswith("tap_receive() in net/tap.c — host") and nf.describe(E1000_FRAME) in note
+    assert note.startswith("tap_receive_iov() in net/tap.c — host") and nf.describe(E1000_FRAME) in note
     got = _counters(page)
     assert got["tx_frames"] == 1 and got["bytes_moved"] == 2 * len(E1000_FRAME)
     page.click(f".vp-pf-mark[data-i='{tap - 1}']")    # qemu_deliver_packet_iov: frame, no tap yet

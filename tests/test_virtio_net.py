@@ -163,7 +163,7 @@ def test_a_vnet_backend_behind_the_e1000_gets_and_loses_a_zeroed_header():
     lo = LoopbackNet(vnet_hdr=True)
     m = Machine(nics=[lo])
     assert not m.netdevs[0].using_vnet_hdr
-    net.tap_receive(m.netdevs[0], nf.neighbour_solicitation())
+    net.tap_receive_iov(m.netdevs[0], nf.neighbour_solicitation())
     raw = lo.read_raw()
     assert raw[:vc.HDR_SIZE] == bytes(vc.HDR_SIZE) and raw[vc.HDR_SIZE:][12:14] == b"\x86\xdd"
 
@@ -696,7 +696,7 @@ def test_a_real_guest_sends_a_frame_through_virtio_net(backend):
     fns = [ev.data.get("fn") for ev in r.trace.events]
     i = fns.index("virtio_net_handle_tx_bh")
     assert i < fns.index("aio_bh_poll", i) < fns.index("virtqueue_pop", i) \
-        < fns.index("qemu_sendv_packet_async", i) < fns.index("tap_receive", i) \
+        < fns.index("qemu_sendv_packet_async", i) < fns.index("tap_receive_iov", i) \
         < fns.index("virtqueue_flush", i) < fns.index("virtio_irq", i)
     assert r.handlers.count("virtio_pci_config_write") == 8   # STATUS ×4, features, SEL, PFN, NOTIFY
     assert r.handlers.count("virtio_pci_config_read") == 3    # HOST_FEATURES, QUEUE_NUM, ISR

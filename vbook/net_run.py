@@ -26,7 +26,7 @@ The counts are read off the run's trace, never typed:
   buffers (the e1000's ``pci_dma_read`` / ``pci_dma_write`` of packet buffers;
   virtio-net's RX copy into the guest's buffers — its TX sends iovecs that point
   into guest memory, so it copies nothing); **tap bytes**: what crosses the tap
-  fd, which the host kernel copies (``tap_receive`` writes, ``tap_send`` reads).
+  fd, which the host kernel copies (``tap_receive_iov`` writes, ``tap_send`` reads).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def counts(result: run_loop.LoopResult, nic: str, net: str = "?") -> PacketCount
             n_exit += 1
         else:
             at.append((n_exit, ev))
-    start = next((i for i, ev in at if ev.data.get("fn") == "tap_receive"), None)
+    start = next((i for i, ev in at if ev.data.get("fn") == "tap_receive_iov"), None)
     packets = interrupts = copied = tap = 0
     doorbell_exits: set[int] = set()
     for i, ev in at:
@@ -140,7 +140,7 @@ def counts(result: run_loop.LoopResult, nic: str, net: str = "?") -> PacketCount
         fn = d.get("fn")
         if start is None or i < start:
             continue
-        if fn == "tap_receive":
+        if fn == "tap_receive_iov":
             packets += 1
             tap += int(d.get("len", 0))
             doorbell_exits.add(i)
@@ -176,7 +176,7 @@ def shown(result: run_loop.LoopResult) -> list[int]:
 
 
 def _frames(trace: Trace, fn: str) -> list[bytes]:
-    """The frames of the ``fn`` events (``tap_receive``, ``tap_send``; without a vnet header:
+    """The frames of the ``fn`` events (``tap_receive_iov``, ``tap_send``; without a vnet header:
     the event keeps that apart, as ``vnet_hdr``)."""
     return [bytes.fromhex(ev.data["frame"]) for ev in trace.events
             if ev.data.get("fn") == fn and "frame" in ev.data]
@@ -216,7 +216,7 @@ def run_ping(nic: str = "virtio-net", backend: str = "auto", net: str = "tap",
     label = nic if nic == "e1000" else f"virtio-net{' + EVENT_IDX' if event_idx else ''}"
     return NetRun(nic=label, result=result, counts=counts(result, label, kind),
                   shown=shown(result), net=kind, why_not_tap=getattr(endpoint, "why_not_tap", None),
-                  sent=_frames(result.trace, "tap_receive"),
+                  sent=_frames(result.trace, "tap_receive_iov"),
                   delivered=_frames(result.trace, "tap_send"))
 
 

@@ -1653,7 +1653,7 @@ def e1000_set_link_status(nc: NetClientState) -> None:
 #: hw/net/e1000.c ``net_e1000_info``
 net_e1000_info = NetClientInfo(type="nic", receive=e1000_receive, can_receive=e1000_can_receive,
                                link_status_changed=e1000_set_link_status,
-                               receive_name="e1000_receive")
+                               receive_name="e1000_receive_iov")
 
 
 __all__ = [

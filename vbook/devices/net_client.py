@@ -10,7 +10,7 @@ frame one side sends is *received* by the other:
 * guest → host: the device calls ``qemu_send_packet(nc, buf)`` →
   ``qemu_send_packet_async`` → ``qemu_net_queue_send`` on the peer's incoming
   queue → ``qemu_deliver_packet_iov`` → the peer's ``receive`` (for a tap,
-  ``tap_receive`` → ``writev`` on the tap fd: here :meth:`NetBackend.send`);
+  ``tap_receive_iov`` → ``writev`` on the tap fd: here :meth:`NetBackend.send`);
 * host → guest: the backend's fd handler (``tap_send`` in the main loop:
   here :func:`net_backend_poll`) reads a frame (:meth:`NetBackend.recv`),
   pads a short one to 60 bytes (``eth_pad_short_frame``, when the peer wants
@@ -120,7 +120,7 @@ class NetClientInfo:
     receive: Callable[[NetClientState, bytes], int]
     can_receive: Callable[[NetClientState], bool] | None = None
     link_status_changed: Callable[[NetClientState], None] | None = None
-    #: the C name of ``receive``, for the trace (``e1000_receive``, ``tap_receive`` …)
+    #: the C name of ``receive``, for the trace (``e1000_receive_iov``, ``tap_receive_iov`` …)
     receive_name: str = "receive"
 
 
@@ -192,11 +192,20 @@ def _frame_data(buf: bytes, hdr_len: int = 0) -> dict[str, Any]:
     return {"len": len(buf), "frame": bytes(buf).hex()}
 
 
-def _vnet_hdr_len(nc: NetClientState) -> int:
+def _vnet_hdr_len(nc: NetClientState | None) -> int:
     """The vnet header in front of each frame on the fd, once the NIC uses it (else 0)."""
-    if nc.using_vnet_hdr and getattr(nc.backend, "vnet_hdr", False):
+    if nc is not None and nc.using_vnet_hdr and getattr(nc.backend, "vnet_hdr", False):
         return int(getattr(nc.backend, "hdr_size", 0))
     return 0
+
+
+def _link_hdr_len(a: NetClientState | None, b: NetClientState | None) -> int:
+    """The vnet header a buffer between ``a`` and ``b`` carries: the tap end's, if it uses one."""
+    return max(_vnet_hdr_len(a), _vnet_hdr_len(b))
+
+
+def _what(buf: bytes, hl: int) -> str:
+    return _head(buf[hl:]) + (f" after a {hl}-byte vnet header" if hl else "")
 
 
 def _head(buf: bytes) -> str:
@@ -293,10 +302,11 @@ def qemu_deliver_packet_iov(sender: NetClientState | None, buf: bytes,
     if nc.receive_disabled:
         return 0
     nc.ctx.stack.append("qemu_deliver_packet_iov")
+    hl = _link_hdr_len(sender, nc)
     try:
         nc.emit("qemu", "net", f"qemu_deliver_packet_iov → {nc.info.receive_name}({nc.name}, "
-                f"{_head(buf)})", "qemu_deliver_packet_iov", receiver=nc.name,
-                sender=sender.name if sender else None, **_frame_data(buf))
+                f"{_what(buf, hl)})", "qemu_deliver_packet_iov", receiver=nc.name,
+                sender=sender.name if sender else None, **_frame_data(buf, hl))
         ret = nc.info.receive(nc, buf)
     finally:
         nc.ctx.stack.pop()
@@ -390,8 +400,9 @@ def qemu_send_packet_async(sender: NetClientState, buf: bytes,
 def qemu_send_packet(nc: NetClientState, buf: bytes) -> int:
     """net/net.c: ``qemu_send_packet_async`` without a completion callback."""
     peer = nc.peer.name if nc.peer is not None else None
-    nc.emit("qemu", "net", f"qemu_send_packet({nc.name} → {peer}, {_head(buf)})",
-            "qemu_send_packet", sender=nc.name, receiver=peer, **_frame_data(buf))
+    hl = _link_hdr_len(nc, nc.peer)
+    nc.emit("qemu", "net", f"qemu_send_packet({nc.name} → {peer}, {_what(buf, hl)})",
+            "qemu_send_packet", sender=nc.name, receiver=peer, **_frame_data(buf, hl))
     nc.ctx.stack.append("qemu_send_packet")
     try:
         return qemu_send_packet_async(nc, buf, None)
@@ -420,8 +431,8 @@ def qemu_set_link(nc: NetClientState, up: bool) -> None:
 
 # --- a backend as a NetClientState (net/tap.c) ----------------------------------------------------
 
-def tap_receive(nc: NetClientState, buf: bytes) -> int:
-    """net/tap.c ``tap_receive`` → ``tap_receive_iov``: a frame from the NIC goes out on the
+def tap_receive_iov(nc: NetClientState, buf: bytes) -> int:
+    """net/tap.c ``tap_receive_iov`` → ``tap_write_packet``: a frame from the NIC goes out on the
     host side (``writev`` on the tap fd).
 
     A host end with a wire format of its own (``write_raw``: :class:`~vbook.backends.tap.Tap`,
@@ -431,9 +442,8 @@ def tap_receive(nc: NetClientState, buf: bytes) -> int:
     !using_vnet_hdr`` case. Any other backend gets ``buf`` through ``send``.
     """
     hl = _vnet_hdr_len(nc)
-    what = _head(buf[hl:]) + (f" after a {hl}-byte vnet header" if hl else "")
-    nc.emit("host", "net", f"tap_receive: {type(nc.backend).__name__}.send({what})",
-            "tap_receive", TAP_FILE, **_frame_data(buf, hl))
+    nc.emit("host", "net", f"tap_receive_iov: {type(nc.backend).__name__}.send({_what(buf, hl)})",
+            "tap_receive_iov", TAP_FILE, **_frame_data(buf, hl))
     write_raw = getattr(nc.backend, "write_raw", None)
     if nc.using_vnet_hdr and write_raw is not None:
         write_raw(bytes(buf))
@@ -462,7 +472,7 @@ def _backend_read(nc: NetClientState, timeout: float) -> bytes | None:
 
 
 def _tap_info(kind: str) -> NetClientInfo:
-    return NetClientInfo(type=kind, receive=tap_receive, receive_name="tap_receive")
+    return NetClientInfo(type=kind, receive=tap_receive_iov, receive_name="tap_receive_iov")
 
 
 def net_init_backend(backend: NetBackend, name: str, ctx: RunContext | None = None) -> NetClientState:
@@ -495,8 +505,8 @@ def net_backend_poll(nc: NetClientState, timeout: float = 0.0,
                 break
             frame = bytes(frame)
             hl = _vnet_hdr_len(nc)
-            what = _head(frame[hl:]) + (f" after a {hl}-byte vnet header" if hl else "")
-            nc.emit("host", "net", f"tap_send: {type(nc.backend).__name__}.recv() gave {what}",
+            nc.emit("host", "net", f"tap_send: {type(nc.backend).__name__}.recv() gave "
+                    f"{_what(frame, hl)}",
                     "tap_send", TAP_FILE, **_frame_data(frame, hl))
             if net_peer_needs_padding(nc) and len(frame) < ETH_ZLEN:
                 padded = eth_pad_short_frame(frame)
@@ -527,5 +537,5 @@ __all__ = [
     "qemu_flush_queued_packets", "qemu_get_nic_opaque", "qemu_macaddr_default_if_unset",
     "qemu_net_queue_flush", "qemu_net_queue_send", "qemu_new_net_client", "qemu_new_nic",
     "qemu_receive_packet", "qemu_send_packet", "qemu_send_packet_async", "qemu_set_link",
-    "tap_receive", "tap_set_vnet_hdr_len",
+    "tap_receive_iov", "tap_set_vnet_hdr_len",
 ]

@@ -1,17 +1,26 @@
 """e1000_ping: an e1000 driver in real-mode x86 that brings the NIC up as Linux's ``e1000``
 driver does and pings the host through it.
 
-It follows Linux 6.1's drivers/net/ethernet/intel/e1000/e1000_main.c step by step (each
-step in the listing names the function it stands for):
+It makes a subset of the register accesses of Linux 6.1's
+drivers/net/ethernet/intel/e1000/e1000_main.c, in Linux's order (each step in the listing
+names the function it stands for; what it leaves out is listed below):
 
 1. ``e1000_probe``: find 8086:100e (an 82540EM, QEMU's ``-device e1000``) on bus 0 through
    0xCF8/0xCFC; size BAR0 and place it at :data:`BAR0` (SeaBIOS's job; it is below 1 MiB so
    a real-mode guest reaches the 128 KiB register file through ES); memory decoding and bus
-   mastering (``pci_enable_device_mem``, ``pci_set_master``).
+   mastering (Linux: ``pci_enable_device`` — the 82540 is one of the parts
+   ``e1000_is_need_ioport`` lists, so I/O decoding too — then ``pci_set_master``).
 2. ``e1000_reset_hw`` (82540): mask every interrupt (IMC), stop RX and TX, flush (a STATUS
-   read), CTRL.RST, mask again, clear ICR.
-3. ``e1000_validate_eeprom_checksum``: the 64 EEPROM words through EERD must add up to
-   0xBABA; ``e1000_read_mac_addr``: the MAC is words 0-2.
+   read), CTRL.RST, mask again, clear ICR. (Linux writes the RST through the I/O BAR,
+   ``E1000_WRITE_REG_IO``, and also updates MANC; QEMU's reset bit does nothing either way:
+   ``set_ctrl`` stores ``val & ~E1000_CTRL_RST``.)
+3. ``e1000_validate_eeprom_checksum``: the 64 EEPROM words must add up to 0xBABA;
+   ``e1000_read_mac_addr``: the MAC is words 0-2. **Not Linux's way:** on an 82540 Linux reads
+   the Microwire EEPROM by bit-banging EECD (``e1000_shift_out_ee_bits`` /
+   ``e1000_shift_in_ee_bits``, which QEMU emulates in ``set_eecd`` / ``get_eecd``), on the
+   order of a hundred and fifty register accesses per word (an estimate from the functions,
+   not run here); this guest reads the same words through EERD, which QEMU also implements
+   (``flash_eerd_read``), at two exits a word.
 4. ``e1000_open`` → ``e1000_configure``: ``e1000_configure_tx`` (TDLEN, TDBAH, TDBAL, TDT,
    TDH, TCTL without EN), ``e1000_setup_rctl`` (BAM, 2048-byte buffers; no SECRC — Linux
    takes the 4 CRC bytes off the length itself), ``e1000_configure_rx`` (RX off, RDLEN,
@@ -28,10 +37,14 @@ step in the listing names the function it stands for):
    (IMS, flush). That is the work Linux does per interrupt, register access for register
    access.
 
-Simpler than Linux: no interrupt is taken (ICR is polled; this board has no interrupt
-controller), no interrupt moderation (Linux writes ITR, RDTR, TIDV and sets IDE in its TX
-descriptors), no PHY setup, no multicast table, no statistics, TX descriptors are reclaimed
-by nobody (8 of them are plenty for four frames).
+Left out of Linux's accesses: ``e1000_reset`` / ``e1000_init_hw`` and the PHY (MDIC reads in
+``e1000_check_for_link``), ``e1000_set_rx_mode`` (the multicast table: so the card drops
+multicast frames it was never told about), TIPG / TIDV / TADV and the collision distance in
+``e1000_configure_tx``, RDTR / RADV / ITR and RXCSUM in ``e1000_configure_rx`` (no interrupt
+moderation), the ICS write of LSC in ``e1000_open`` that starts the watchdog, statistics.
+Also simpler: no interrupt is taken (ICR is polled; this board has no interrupt controller),
+IDE is not set in TX descriptors, TX descriptors are reclaimed by nobody (8 of them are
+plenty for four frames).
 
 What it shows at port 0xE0, in order: the BAR0 size mask (0xfffe0000: 128 KiB of memory),
 the EEPROM sum (0xbaba), the MAC (first four bytes, then the last two), STATUS at the
@@ -149,7 +162,7 @@ eeprom_sum:
         cmp   si, 64
         jb    eeprom_sum
         movzx eax, di
-        call  show                             # 0xbaba, or Linux gives up: "EEPROM Checksum Is Not Valid"
+        call  show                             # 0xbaba (Linux logs "EEPROM Checksum Is Not Valid")
         cmp   di, 0xbaba
         jne   fail
         xor   si, si
@@ -221,7 +234,7 @@ fail:
         call  show
         hlt
 
-# --- e1000_read_eeprom (EERD): ax = EEPROM word si ---------------------------------------------
+# --- one EEPROM word through EERD (Linux bit-bangs EECD instead): ax = word si -----------------
 eerd_read:
         movzx eax, si
         shl   eax, EERD_ADDR_SHIFT

@@ -1,11 +1,16 @@
 """virtio_net_ping: a virtio-net driver in real-mode x86 that brings the NIC up as Linux does
 and pings the host through it.
 
-It follows Linux 6.1's legacy virtio-pci driver step by step (each step in the
-listing names the kernel function it stands for):
+It makes the register accesses of Linux 6.1's *legacy* virtio-pci driver, in Linux's order
+(each step in the listing names the kernel function it stands for). A Linux guest takes that
+path only when the device has no modern interface or with ``virtio_pci.force_legacy=1``; the
+board here is ``-device virtio-net-pci,disable-modern=on,vectors=0,ioeventfd=off`` (no MSI-X:
+the config space is at BAR0 + 20 and the ISR is read; no ioeventfd: every kick reaches QEMU).
 
 1. ``virtio_pci_legacy_probe`` / ``vp_legacy_probe``: find 1af4:1000 on bus 0 through
-   0xCF8/0xCFC and check the subsystem ID (1: a network card). The guest is its own
+   0xCF8/0xCFC (Linux takes 0x1000-0x103f, revision 0) and read the subsystem ID, which
+   becomes the virtio device ID (1: a network card — the virtio bus then matches it to
+   virtio_net's ``id_table``; this guest just checks it). The guest is its own
    firmware too: it sizes BAR0 and puts it at :data:`IOBASE` (SeaBIOS's job on ``-M pc``)
    and sets I/O decoding and bus mastering (``pci_enable_device``, ``pci_set_master``).
 2. ``register_virtio_device``: ``vp_reset`` (status 0, read back), ACKNOWLEDGE.
@@ -22,10 +27,13 @@ listing names the kernel function it stands for):
 6. ``virtio_device_ready``: DRIVER_OK. ``virtnet_open`` → ``try_fill_recv``:
    :data:`RX_BUFFERS` buffers of :data:`RX_BUF_LEN` bytes, one device-writable descriptor
    each (``add_recvbuf_small``), published, and a kick if ``virtqueue_kick_prepare`` says so.
+   (Linux fills the whole ring, ``while (rq->vq->num_free)``: 256 buffers.)
 7. For each frame of :data:`vbook.guests.net_ping.FRAMES`, ``start_xmit``:
    ``free_old_xmit_skbs`` (take back what the device used), then ``xmit_skb``: the
    10-byte ``virtio_net_hdr`` (all zero: nothing to offload) in one descriptor, the frame
-   in the next (the driver does not take ANY_LAYOUT, so the header has its own buffer),
+   in the next (this driver does not take ANY_LAYOUT, so the header has its own buffer;
+   Linux takes it — QEMU offers it — and pushes the header in front of the frame in one
+   buffer, ``can_push``, or uses an indirect table),
    ``virtqueue_add_outbuf``, ``virtqueue_kick_prepare`` + ``virtqueue_notify``.
 8. Wait for the answer: read ISR (``vp_interrupt``'s first step; the read clears it),
    then look at the RX used ring (``virtqueue_get_buf``); an answer of the expected
@@ -36,12 +44,15 @@ listing names the kernel function it stands for):
 Notifications follow Linux's rules: ``virtqueue_kick_prepare`` kicks when
 ``vring_need_event(avail_event, new, old)`` with EVENT_IDX, else unless the device set
 ``VRING_USED_F_NO_NOTIFY``. TX interrupts are off from the start (``virtqueue_disable_cb``,
-which Linux's ``skb_xmit_done`` does after the first TX interrupt): without EVENT_IDX that
-is ``VRING_AVAIL_F_NO_INTERRUPT``; with it Linux writes ``used_event = 0`` ("this is a
-hack"), which still lets the *first* TX completion interrupt. Where this driver is simpler
-than Linux: TX chains use descriptors 2k, 2k+1 for the k-th frame (Linux's free list would
-hand out 0, 1 again once they are freed), no interrupt is taken (the ISR is polled), only
-MAC and EVENT_IDX are negotiated.
+as Linux has them with ``virtio_net.napi_tx=0``; by default TX NAPI re-arms them on every
+transmit with ``virtqueue_enable_cb_delayed``): without EVENT_IDX that is
+``VRING_AVAIL_F_NO_INTERRUPT``; with it Linux writes ``used_event = 0`` ("this is a hack").
+With EVENT_IDX QEMU interrupts for a queue's first used buffer after a reset whatever
+``used_event`` says (``!signalled_used_valid`` in ``virtio_split_should_notify``); without it
+the flag is obeyed. Where this driver is simpler than Linux: TX chains use descriptors 2k,
+2k+1 for the k-th frame (Linux's free list would hand out 0, 1 again once they are freed), no
+interrupt is taken (the ISR is polled), only MAC and EVENT_IDX are negotiated, and
+``virtio_dev_probe``'s status read after the driver's probe is left out.
 
 What it shows at port 0xE0, in order: the subsystem ID (1), the BAR0 size mask
 (0xffffffe1: 32 I/O ports), the device's features, the negotiated ones, the MAC (first four

@@ -450,11 +450,7 @@ def kvm_cpu_exec(cpu: CPUState, max_exits: int, handled: list[Handled],
         h = Handled(exit_reason, exit, (fn, *path), ret)
         handled.append(h)
         _mark_reply(cpu, start, exit)
-        if cpu.machine.netdevs:
-            # QEMU's main loop thread runs beside the vCPU thread; the model gives it its
-            # turn after every exit (bottom halves, then the backends' fds: tap_send), so a
-            # frame the host answered is in the guest's ring before the guest runs again
-            cpu.machine.main_loop_poll()
+        main_loop_turn(cpu)
         cpu.stack = [THREAD_FN, fn]
         again = "loop: KVM_RUN again" if ret == 0 else "leave the loop"
         _emit(cpu, "ret", f"ret = {excp_name(ret)}: {again}", fn, KVM_FILE, ret=ret,
@@ -471,6 +467,16 @@ def kvm_cpu_exec(cpu: CPUState, max_exits: int, handled: list[Handled],
         _emit(cpu, "call", f"bql_lock(); return {excp_name(ret)}", fn, KVM_FILE)
     cpu.exit_request = 0
     return ret
+
+
+def main_loop_turn(cpu: CPUState) -> None:
+    """QEMU's main loop thread runs beside the vCPU thread; the model gives it a turn after
+    every exit of a board with network backends (:meth:`Machine.main_loop_poll
+    <vbook.devices.machine.Machine.main_loop_poll>`: bottom halves, then the backends' fds —
+    ``tap_send``), so a frame the host answered is in the guest's ring before the guest
+    runs again. A board without them has nothing for the main loop to do here."""
+    if cpu.machine.netdevs:
+        cpu.machine.main_loop_poll()
 
 
 def kvm_arch_process_async_events(cpu: CPUState) -> int:

@@ -14,7 +14,7 @@ event at its time step:
   (virtio-net's TX bh), ``tap_send`` and what the NIC does with a frame it
   is given;
 * **host** — ``host`` (and ``vhost``) events: the tap fd written
-  (``tap_receive``) or read (``tap_send``), the host kernel behind it.
+  (``tap_receive_iov``) or read (``tap_send``), the host kernel behind it.
 
 Python works everything out here, in :func:`packet_flow`, and ships it in the
 trace's ``meta["packet_flow"]``: the lane of each event, each frame's journey
@@ -166,7 +166,7 @@ def _tx_journeys(events: Sequence[Event], lanes: Sequence[str]) -> list[dict[str
     out: list[dict[str, Any]] = []
     last_end: dict[Any, int] = {}
     for t, ev in enumerate(events):
-        if not _is_host(ev, "tap_receive"):
+        if not _is_host(ev, "tap_receive_iov"):
             continue
         handoff = None
         chain_from = None
@@ -371,9 +371,9 @@ def _counters(events: Sequence[Event], journeys: list[dict[str, Any]]) -> dict[s
                     cur["pio_exits"] += 1
                 elif reason == ExitReason.MMIO:
                     cur["mmio_exits"] += 1
-        if _is_host(ev, "tap_receive"):
+        if _is_host(ev, "tap_receive_iov"):
             cur["tx_frames"] += 1
-        if ev.actor == "host" and d.get("fn") in ("tap_receive", "tap_send") \
+        if ev.actor == "host" and d.get("fn") in ("tap_receive_iov", "tap_send") \
                 and isinstance(d.get("len"), int):
             cur["tap_bytes"] += d["len"]
         cur["bytes_copied"] += _copied(ev)
@@ -400,7 +400,7 @@ def packet_flow(obj: Any) -> dict[str, Any]:
       ``delivered`` (RX: the event after which the guest's ring has it, or None), ``frame``
       (``text`` decoded, ``len``, ``hex`` of the first 64 bytes, ``hdr``: bytes of vnet header
       the host end has in front), ``title``. A TX journey runs from the guest's run that
-      ended in the doorbell exit to ``tap_receive``; an RX one from ``tap_send`` to the NIC
+      ended in the doorbell exit to ``tap_receive_iov``; an RX one from ``tap_send`` to the NIC
       model's hand-over (virtio-net's ``virtqueue_flush`` on the RX queue, the e1000's last
       descriptor with DD|EOP), then KVM_RUN, VM entry and the guest running again;
     * ``frames`` — ``{event index: {text, len, hdr, hex}}`` for every event with a ``frame``:
