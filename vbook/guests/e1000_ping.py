@@ -17,10 +17,10 @@ names the function it stands for; what it leaves out is listed below):
 3. ``e1000_validate_eeprom_checksum``: the 64 EEPROM words must add up to 0xBABA;
    ``e1000_read_mac_addr``: the MAC is words 0-2. **Not Linux's way:** on an 82540 Linux reads
    the Microwire EEPROM by bit-banging EECD (``e1000_shift_out_ee_bits`` /
-   ``e1000_shift_in_ee_bits``, which QEMU emulates in ``set_eecd`` / ``get_eecd``), on the
-   order of a hundred and fifty register accesses per word (an estimate from the functions,
-   not run here); this guest reads the same words through EERD, which QEMU also implements
-   (``flash_eerd_read``), at two exits a word.
+   ``e1000_shift_in_ee_bits``, which QEMU emulates in ``set_eecd`` / ``get_eecd``): 160
+   register accesses per word (:mod:`vbook.devices.e1000_eeprom_linux` runs those functions
+   against the model and counts); this guest reads the same words through EERD, which QEMU
+   also implements (``flash_eerd_read``), at two exits a word.
 4. ``e1000_open`` → ``e1000_configure``: ``e1000_configure_tx`` (TDLEN, TDBAH, TDBAL, TDT,
    TDH, TCTL without EN), ``e1000_setup_rctl`` (BAM, 2048-byte buffers; no SECRC — Linux
    takes the 4 CRC bytes off the length itself), ``e1000_configure_rx`` (RX off, RDLEN,
