@@ -285,3 +285,36 @@ def notebook_html(nb: Any) -> str:
 
     body, _ = HTMLExporter().from_notebook_node(inline_widgets(nb))
     return body
+
+
+class RecordedViewPlayer(TracePlayer):
+    """A player whose pane draws what a recorder noted while the model ran (the shadow
+    MMU's pages, a virtqueue's bytes): the view travels in ``trace.meta[view_key]``, built by
+    the subclass's ``_view_of(obj) -> (trace, view)``; a view recorded for another trace
+    (a different number of events) is refused."""
+
+    view_key: ClassVar[str] = ""
+
+    def __init__(self, obj: Any, *, step: int = 0, speed: float = 4.0, **kw: Any):
+        super().__init__(self._with_view(obj), step=step, speed=speed, **kw)
+
+    @classmethod
+    def _view_of(cls, obj: Any) -> tuple[Trace, dict[str, Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def _with_view(cls, obj: Any) -> Trace:
+        t, view = cls._view_of(obj)
+        if view["recorded"] and view["events"] != len(t):
+            raise TraceError(f"the recorder noted {view['events']} events, the trace has {len(t)}")
+        return Trace(t.events, {**dict(t.meta), cls.view_key: view})
+
+    def set_trace(self, trace: Any) -> None:
+        """Show another run (what the constructor takes), from its first event."""
+        self.step = 0
+        self.trace = self._with_view(trace).to_dict()
+
+    @property
+    def view(self) -> dict[str, Any]:
+        """What the pane draws: ``trace["meta"][view_key]``."""
+        return dict(self.trace.get("meta", {}).get(self.view_key, {}))

@@ -42,7 +42,7 @@ from typing import Any
 
 import traitlets
 
-from vbook.errors import TraceError, VbookError
+from vbook.errors import VbookError
 from vbook.models.vring_snapshot import (
     INDIRECT,
     NEXT,
@@ -53,7 +53,7 @@ from vbook.models.vring_snapshot import (
     ring_areas,
 )
 from vbook.trace import Trace, TraceRecorder
-from vbook.widgets.player import CSS, HERE, TracePlayer, as_trace, esm_with
+from vbook.widgets.player import CSS, HERE, RecordedViewPlayer, as_trace, esm_with
 
 PANE_JS = HERE / "ring_pane.js"
 PANE_CSS = HERE / "ring_pane.css"
@@ -702,7 +702,7 @@ def _at(versions: list[list[Any]], step: int) -> list[Any] | None:
     return last
 
 
-class RingView(TracePlayer):
+class RingView(RecordedViewPlayer):
     """Step through a run's virtqueues: descriptor table, avail and used rings, QEMU's indices.
 
     ``RingView(obj, step=0, speed=4.0)``: a :class:`RingRecorder`, or a Trace / result
@@ -713,26 +713,11 @@ class RingView(TracePlayer):
     _esm = esm_with(PANE_JS)
     _css = CSS.read_text(encoding="utf-8") + "\n" + PANE_CSS.read_text(encoding="utf-8")
     panes = traitlets.Unicode("ring events").tag(sync=True)
+    view_key = "ring_view"
 
-    def __init__(self, obj: Any, *, step: int = 0, speed: float = 4.0, **kw: Any):
-        super().__init__(self._with_view(obj), step=step, speed=speed, **kw)
-
-    @staticmethod
-    def _with_view(obj: Any) -> Trace:
-        t, view = ring_view(obj)
-        if view["recorded"] and view["events"] != len(t):
-            raise TraceError(f"the recorder noted {view['events']} events, the trace has {len(t)}")
-        return Trace(t.events, {**dict(t.meta), "ring_view": view})
-
-    def set_trace(self, trace: Any) -> None:
-        """Show another run (a RingRecorder or a Trace recorded with one), from its first event."""
-        self.step = 0
-        self.trace = self._with_view(trace).to_dict()
-
-    @property
-    def view(self) -> dict[str, Any]:
-        """What the ``ring`` pane draws (see :func:`ring_view`)."""
-        return dict(self.trace.get("meta", {}).get("ring_view", {}))
+    @classmethod
+    def _view_of(cls, obj: Any) -> tuple[Trace, dict[str, Any]]:
+        return ring_view(obj)
 
     def state_at(self, step: int) -> dict[str, Any]:
         """Per queue name, what the pane shows at event ``step``: the snapshot (``avail``,

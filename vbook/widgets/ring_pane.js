@@ -20,17 +20,7 @@
 // changed exactly at s, and the chain / slots / fields the event s touched.
 // Nothing is computed here beyond that lookup.
 
-function rgVersion(versions, step) {
-  let lo = 0;
-  let hi = versions.length - 1;
-  if (hi < 0 || versions[0][0] > step) return -1;
-  while (lo < hi) {
-    const mid = (lo + hi + 1) >> 1;
-    if (versions[mid][0] <= step) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
+const rgVersion = lastVersion; // trace_player.js
 
 function ringView(ctx) {
   const v = ctx.meta.ring_view;

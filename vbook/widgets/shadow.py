@@ -38,7 +38,6 @@ from typing import Any
 
 import traitlets
 
-from vbook.errors import TraceError
 from vbook.models import paging
 from vbook.models.shadow import (
     ACC_EXEC_MASK,
@@ -50,7 +49,7 @@ from vbook.models.shadow import (
     Spte,
 )
 from vbook.trace import Trace, TraceRecorder
-from vbook.widgets.player import CSS, HERE, TracePlayer, as_trace, esm_with
+from vbook.widgets.player import CSS, HERE, RecordedViewPlayer, as_trace, esm_with
 
 PANE_JS = HERE / "shadow_pane.js"
 PANE_CSS = HERE / "shadow_pane.css"
@@ -418,7 +417,7 @@ def shadow_view(obj: Any) -> tuple[Trace, dict[str, Any]]:
     return t, view
 
 
-class ShadowSyncView(TracePlayer):
+class ShadowSyncView(RecordedViewPlayer):
     """Step through a shadow-MMU run: guest tables next to their shadow pages, and the counters.
 
     ``ShadowSyncView(mmu_or_trace, step=0, speed=4.0)``: a
@@ -430,26 +429,11 @@ class ShadowSyncView(TracePlayer):
     _esm = esm_with(PANE_JS)
     _css = CSS.read_text(encoding="utf-8") + "\n" + PANE_CSS.read_text(encoding="utf-8")
     panes = traitlets.Unicode("shadow events").tag(sync=True)
+    view_key = "shadow_view"
 
-    def __init__(self, mmu: Any, *, step: int = 0, speed: float = 4.0, **kw: Any):
-        super().__init__(self._with_view(mmu), step=step, speed=speed, **kw)
-
-    @staticmethod
-    def _with_view(obj: Any) -> Trace:
-        t, view = shadow_view(obj)
-        if view["recorded"] and view["events"] != len(t):
-            raise TraceError(f"the recorder noted {view['events']} events, the trace has {len(t)}")
-        return Trace(t.events, {**dict(t.meta), "shadow_view": view})
-
-    def set_trace(self, trace: Any) -> None:
-        """Show another run (a ShadowMmu, recorder or Trace), from its first event."""
-        self.step = 0
-        self.trace = self._with_view(trace).to_dict()
-
-    @property
-    def view(self) -> dict[str, Any]:
-        """What the ``shadow`` pane draws (see :func:`shadow_view`)."""
-        return dict(self.trace.get("meta", {}).get("shadow_view", {}))
+    @classmethod
+    def _view_of(cls, obj: Any) -> tuple[Trace, dict[str, Any]]:
+        return shadow_view(obj)
 
     def state_at(self, step: int) -> dict[str, Any]:
         """The view at event ``step`` as plain data: ``counters`` and, per card title, each

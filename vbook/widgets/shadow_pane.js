@@ -16,18 +16,7 @@
 // version at or before s, and marks it when it changed exactly at s. Nothing
 // is computed here beyond that lookup.
 
-// index of the last version [i, …] with i <= step, or -1
-function shVersion(versions, step) {
-  let lo = 0;
-  let hi = versions.length - 1;
-  if (hi < 0 || versions[0][0] > step) return -1;
-  while (lo < hi) {
-    const mid = (lo + hi + 1) >> 1;
-    if (versions[mid][0] <= step) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
+const shVersion = lastVersion; // trace_player.js
 
 function shadowView(ctx) {
   const v = ctx.meta.shadow_view;

@@ -87,6 +87,20 @@ function fmtValue(v) {
 
 // ------------------------------------------------------------- trace helpers
 
+// A pane's recorded state is a list of versions [event index, …] in event order:
+// the index of the last version at or before `step`, or -1 (panes share this).
+function lastVersion(versions, step) {
+  let lo = 0;
+  let hi = versions.length - 1;
+  if (hi < 0 || versions[0][0] > step) return -1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (versions[mid][0] <= step) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 // Lanes top to bottom. vhost is a kernel thread; "host" is host user space.
 const LANES = [
   { id: "guest", title: "guest" },
