@@ -637,9 +637,245 @@ def check_ept_walk_live(nb: Notebook) -> list[str]:
     return seen
 
 
+def _pf_counters(player) -> dict[str, int]:
+    """The PacketFlowView's "so far" table: counter key → the value it shows."""
+    return {k: int(v) for k, v in player.locator(".vp-pf-val").evaluate_all(
+        "els => els.map(e => [e.dataset.key, e.textContent])")}
+
+
+def _pf_marker(player) -> tuple[str, str]:
+    """Where the marker stands (its transform) and which mark is 'cur' (its data-i)."""
+    return (player.locator(".vp-pf-marker").evaluate("e => e.style.transform"),
+            player.locator(".vp-pf-mark.cur").get_attribute("data-i"))
+
+
+def check_packet_flow(nb: Notebook) -> list[str]:
+    """08: the PacketFlowView draws its lanes; ▶ past the first VM exit moves the marker and
+    the "so far" counter; its own "step by" menu steps by exit and through RX 1's journey
+    until the frame is in the guest's ring; Python hears the step and counts the same."""
+    seen = []
+    player = nb.player(".vp-pflow")
+    flow = player.locator(".vp-pflow")
+    lanes = player.locator(".vp-pf-lane-label > span").all_text_contents()
+    marks = player.locator(".vp-pf-mark").count()
+    nev = int(re.search(r"/(\d+)", player.locator(".vp-counter").text_content()).group(1))
+    assert len(lanes) == 5, f"{len(lanes)} lanes: {lanes}"
+    assert marks == nev, f"{marks} marks for {nev} events"
+    assert flow.get_attribute("data-visible") == str(nev)
+    assert _step(player) == 0
+    c0 = _pf_counters(player)
+    assert c0 and not any(c0.values()), f"counters at event 1: {c0}"
+    assert player.locator(".vp-pf-jbar").count() >= 2, "no frame's journey in the strip"
+    seen.append(f"PacketFlowView rendered: {nev} events, {marks} marks in {len(lanes)} lanes "
+                f"({', '.join(lanes)}), "
+                f"{player.locator('.vp-pf-jbar').count()} journeys, counters all 0")
+
+    # the player's ▶ until the first VM exit: the marker hops, "VM exits" goes 0 → 1
+    where = [_pf_marker(player)]
+    exits = []
+    for k in range(1, 40):
+        player.locator(FWD).click()
+        _wait_step(player, k)
+        where.append(_pf_marker(player))
+        assert where[-1][1] == str(k), f"at event {k + 1} the 'cur' mark is {where[-1][1]}"
+        assert where[-1][0] != where[-2][0], f"the marker did not move at event {k + 1}"
+        exits.append(_pf_counters(player)["vm_exits"])
+        if exits[-1]:
+            break
+    else:
+        raise AssertionError(f"'VM exits' never moved in 39 steps: {exits}")
+    first_exit = _step(player)
+    row = player.locator(".vp-pf-counters tr[data-key='vm_exits']")
+    assert exits[-1] == 1 and "changed" in (row.get_attribute("class") or ""), (exits, row)
+    label = player.locator(".vp-pf-label").text_content()
+    seen.append(f"step forward ×{first_exit}: the marker moved each step; 'VM exits' so far "
+                f"0 → 1 at event {first_exit + 1} ({label!r})")
+
+    # the pane's own "step by" menu: VM exits, then the pane's ▶ goes to the next one
+    mode = player.locator(".vp-pf-mode")
+    mode.select_option("exit")
+    pos = player.locator(".vp-pf-pos")
+    assert pos.text_content().startswith("VM exit 1 of "), pos.text_content()
+    player.locator(".vp-pf-next").click()
+    deadline = time.monotonic() + 5
+    while _step(player) == first_exit:
+        if time.monotonic() > deadline:
+            raise AssertionError("the pane's ▶ (by VM exit) did not move the player")
+        time.sleep(0.05)
+    second = _step(player)
+    got = _pf_counters(player)["vm_exits"]
+    assert got == 2 and pos.text_content().startswith("VM exit 2 of "), (got, pos.text_content())
+    seen.append(f"step by 'VM exits', the pane's ▶: event {first_exit + 1} → {second + 1}, "
+                f"{pos.text_content()!r}, 'VM exits' so far = {got}")
+
+    # …then one frame's journey: RX 1 (tap read → the guest's ring), stop by stop
+    rx1 = mode.locator("option[value='rx-1']").text_content()
+    mode.select_option("rx-1")
+    deadline = time.monotonic() + 5
+    while not pos.text_content().startswith("RX 1: step 1 of "):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"choosing RX 1 did not go to its start: {pos.text_content()!r}")
+        time.sleep(0.05)
+    start = _step(player)
+    nstops = int(re.search(r"of (\d+)", pos.text_content()).group(1))
+    rx0 = _pf_counters(player)["rx_frames"]
+    nxt = player.locator(".vp-pf-next")
+    steps = [start]
+    for k in range(2, nstops + 1):
+        nxt.click()
+        deadline = time.monotonic() + 5
+        while not pos.text_content().startswith(f"RX 1: step {k} of "):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the pane's ▶ in RX 1 stuck at {pos.text_content()!r}")
+            time.sleep(0.05)
+        steps.append(_step(player))
+    assert steps == sorted(steps) and nxt.is_disabled(), (steps, nxt.is_disabled())
+    end = _step(player)
+    counts = _pf_counters(player)
+    journey = player.locator(".vp-pf-journey").text_content()
+    assert counts["rx_frames"] == rx0 + 1, f"frames to the guest {rx0} → {counts['rx_frames']}"
+    assert "in the guest's ring" in journey, journey
+    assert _pf_marker(player)[1] == str(end)
+    seen.append(f"step by {rx1[:60]!r}…: event {start + 1} → {end + 1} in {nstops} stops; "
+                f"{journey!r}; 'frames to the guest' {rx0} → {counts['rx_frames']}")
+
+    only = player.locator(".vp-pf-only")
+    only.check()
+    assert flow.get_attribute("data-visible") == str(nstops), flow.get_attribute("data-visible")
+    assert player.locator(".vp-pf-mark").count() == nstops
+    only.uncheck()
+    assert player.locator(".vp-pf-mark").count() == nev
+    seen.append(f"'only this frame's events': {nstops} marks, then all {nev} again")
+
+    step_py = _py_widget(nb, "PacketFlowView", "w.step")
+    assert step_py == end, f"Python's PacketFlowView.step is {step_py}, the browser shows {end}"
+    py_counts = _py_widget(nb, "PacketFlowView", "w.counters_at(w.step)")
+    assert py_counts == counts, f"Python counts {py_counts}, the browser shows {counts}"
+    seen.append(f"the kernel's PacketFlowView.step = {step_py}; counters_at(step) = the pane's "
+                f"'so far' ({counts['vm_exits']} VM exits, {counts['rx_frames']} frame to the guest)")
+    return seen
+
+
+def _rg_card(player, name: str):
+    """The RingView's card of queue ``name`` (its title reads "rx (queue 0)")."""
+    card = player.locator(".vp-rg-card", has=player.page.locator(
+        f".vp-rg-title .t:text-matches('^{name} ')"))
+    assert card.count() == 1, f"{card.count()} cards titled {name!r}"
+    return card
+
+
+def _rg(card) -> dict:
+    """What a queue card shows: its ring indices (None before the ring exists), the
+    owners, the used-ring entries that hold an element (state, id, len), the changed keys."""
+    return card.evaluate("""c => {
+      const val = (k) => { const e = c.querySelector(`.vp-rg-f[data-k='${k}'] .val`);
+                           return e ? e.textContent : null; };
+      const own = {};
+      for (const e of c.querySelectorAll('.vp-rg-own'))
+        own[e.querySelector('.name').textContent] = Number(e.querySelector('.val').textContent);
+      const used = [...c.querySelectorAll('.vp-rg-used tbody tr[data-idx]')]
+        .filter((tr) => !tr.classList.contains('st-next'))
+        .map((tr) => [tr.querySelector('.state').textContent, Number(tr.querySelector('.head').textContent),
+                      Number(tr.querySelector('.len').textContent)]);
+      const none = c.querySelector('.vp-rg-body > .vp-rg-empty');
+      return {empty: none ? none.textContent : null,
+              future: c.classList.contains('future'),
+              avail: val('avail.idx'), used_idx: val('used.idx'), owners: own, used,
+              changed: [...c.querySelectorAll('.changed[data-k]')].map((e) => e.dataset.k)};
+    }""")
+
+
+def check_ring(nb: Notebook) -> list[str]:
+    """09: the RingView draws two queue cards (rx, tx) with no ring before the guest set them
+    up; a click in the events list jumps to DRIVER_OK, ▶ until the guest publishes its rx
+    buffers (avail idx 0 → 4), on until QEMU fills the first rx used entry; Python's
+    RingView.step and state_at(step) say what the browser shows."""
+    seen = []
+    player = nb.player(".vp-ring")
+    titles = player.locator(".vp-rg-card .vp-rg-title .t").all_text_contents()
+    assert len(titles) == 2 and titles[0].startswith("rx ") and titles[1].startswith("tx "), titles
+    rx, tx = _rg_card(player, "rx"), _rg_card(player, "tx")
+    nev = int(re.search(r"/(\d+)", player.locator(".vp-counter").text_content()).group(1))
+    assert _step(player) == 0
+    for name, card in (("rx", rx), ("tx", tx)):
+        st = _rg(card)
+        assert (st["empty"] or "").startswith("no ring") and st["future"] and st["avail"] is None, \
+            f"{name} at event 1: {st}"
+    seen.append(f"RingView rendered: {nev} events, queue cards {titles}, both 'no ring' at event 1")
+
+    # the reader's way to a far event: click it in the events list (the driver's DRIVER_OK)
+    evs = player.locator(".vp-events li")
+    assert evs.count() == nev, f"{evs.count()} events listed, {nev} in the trace"
+    ok = evs.filter(has_text="STATUS ← 0x7").first
+    at = int(ok.get_attribute("data-i"))
+    ok.click()
+    _wait_step(player, at)
+    r0, t0 = _rg(rx), _rg(tx)
+    assert not r0["empty"] and not r0["future"] and r0["avail"] == "0", f"rx at DRIVER_OK: {r0}"
+    assert not t0["empty"] and t0["avail"] == "0", f"tx at DRIVER_OK: {t0}"
+    seen.append(f"clicked event {at + 1} (DRIVER_OK) in the events list: both rings exist, "
+                f"rx avail idx {r0['avail']}, used idx {r0['used_idx']}, owners {r0['owners']}")
+
+    # ▶ until the rx avail idx chip shows 4: the guest published its four receive buffers
+    step = at
+    for _ in range(40):
+        player.locator(FWD).click()
+        step += 1
+        _wait_step(player, step)
+        r1 = _rg(rx)
+        if r1["avail"] != "0":
+            break
+    else:
+        raise AssertionError(f"rx avail idx still 0 at event {step + 1}")
+    assert r1["avail"] == "4" and "avail.idx" in r1["changed"], r1
+    assert r1["owners"]["avail"] == 4 and r1["owners"]["driver"] == r0["owners"]["driver"] - 4, r1
+    assert _rg(tx)["avail"] == "0", "the tx card changed with the rx ring"
+    published = step
+    seen.append(f"step forward ×{step - at}: rx avail idx 0 → {r1['avail']} at event {step + 1} "
+                f"(marked changed), owners {r1['owners']}; tx still avail idx 0")
+
+    # on until QEMU fills the first entry of the rx used ring (a frame for the guest)
+    for _ in range(80):
+        player.locator(FWD).click()
+        step += 1
+        _wait_step(player, step)
+        r2 = _rg(rx)
+        if r2["used"]:
+            break
+    else:
+        raise AssertionError(f"no rx used entry by event {step + 1}")
+    assert r2["used"][0][0] == "filled" and r2["used"][0][2] > 0, r2
+    assert r2["used_idx"] == "0" and "used.slot.0" in r2["changed"], r2
+    now = rx.locator(".vp-rg-now").text_content()
+    seen.append(f"step forward ×{step - published} more: rx used->ring[0] = "
+                f"{{id {r2['used'][0][1]}, len {r2['used'][0][2]}}} {r2['used'][0][0]} at event "
+                f"{step + 1}, used idx still {r2['used_idx']} ({now[:70]!r})")
+    player.locator(FWD).click()
+    step += 1
+    _wait_step(player, step)
+    r3 = _rg(rx)
+    assert r3["used_idx"] == "1" and r3["used"][0][0] == "published", r3
+    seen.append(f"▶ once more: rx used idx 0 → 1, the entry {r3['used'][0][0]} "
+                f"(owners {r3['owners']})")
+
+    step_py = _py_widget(nb, "RingView", "w.step")
+    assert step_py == step, f"Python's RingView.step is {step_py}, the browser shows {step}"
+    py = _py_widget(nb, "RingView", "{k: [v['snap']['avail']['idx'], v['snap']['used']['idx'], "
+                                    "v['snap']['owners']] for k, v in w.state_at(w.step).items()}")
+    t3 = _rg(tx)
+    want = {"rx": [int(r3["avail"]), int(r3["used_idx"]), r3["owners"]],
+            "tx": [int(t3["avail"]), int(t3["used_idx"]), t3["owners"]]}
+    assert py == want, f"Python's state_at({step_py}) {py}, the browser shows {want}"
+    seen.append(f"the kernel's RingView.step = {step_py}; state_at(step) = the cards "
+                f"(rx avail/used idx {py['rx'][:2]}, tx {py['tx'][:2]})")
+    return seen
+
+
 #: chapter → its checks, in the order a reader meets them
 CHECKS = {
     "07_ept_nested.ipynb": [check_walk2d],
     "05_shadow_paging.ipynb": [check_walk_live, check_shadow],
     "06_ept.ipynb": [check_ept_walk_live],
+    "08_emulated_nic.ipynb": [check_packet_flow],
+    "09_virtio_net.ipynb": [check_ring],
 }

@@ -89,6 +89,19 @@ def test_ch06_ept_walk_flip_r_gives_misconfiguration(browser):
     assert any("EPT misconfiguration" in s for s in seen)
 
 
+def test_ch08_packet_flow_steps_by_exit_and_through_a_journey(browser):
+    seen = _chapter(browser, "08_emulated_nic.ipynb")
+    assert any("'VM exits' so far 0 → 1" in s for s in seen)
+    assert any("PacketFlowView.step = " in s and "counters_at(step) = the pane's" in s
+               for s in seen)
+
+
+def test_ch09_ring_view_cards_step_and_match_python(browser):
+    seen = _chapter(browser, "09_virtio_net.ipynb")
+    assert any("rx avail idx 0 → 4" in s for s in seen)
+    assert any("RingView.step = " in s and "state_at(step) = the cards" in s for s in seen)
+
+
 def test_no_widget_errors_and_nothing_left_127_0_0_1(browser):
     assert browser.vbook_problems() == []
     assert browser.errors == []

@@ -43,9 +43,11 @@ the config space is at BAR0 + 20 and the ISR is read; no ioeventfd: every kick r
 
 Notifications follow Linux's rules: ``virtqueue_kick_prepare`` kicks when
 ``vring_need_event(avail_event, new, old)`` with EVENT_IDX, else unless the device set
-``VRING_USED_F_NO_NOTIFY``. TX interrupts are off from the start (``virtqueue_disable_cb``,
-as Linux has them with ``virtio_net.napi_tx=0``; by default TX NAPI re-arms them on every
-transmit with ``virtqueue_enable_cb_delayed``): without EVENT_IDX that is
+``VRING_USED_F_NO_NOTIFY``. TX interrupts are off from the start (``virtqueue_disable_cb``
+before the first frame) — simpler than Linux, which creates the TX queue with the callback
+``skb_xmit_done`` and interrupts on: with ``virtio_net.napi_tx=0`` ``skb_xmit_done`` turns them
+off at the first TX interrupt, and by default TX NAPI re-arms them with
+``virtqueue_enable_cb_delayed`` on each transmit that kicks. Off is, without EVENT_IDX,
 ``VRING_AVAIL_F_NO_INTERRUPT``; with it Linux writes ``used_event = 0`` ("this is a hack").
 With EVENT_IDX QEMU interrupts for a queue's first used buffer after a reset whatever
 ``used_event`` says (``!signalled_used_valid`` in ``virtio_split_should_notify``); without it
