@@ -3,11 +3,11 @@
 :class:`~vbook.backends.tap.Bridge` makes taps that are ports of one bridge in a namespace
 of the book's own — the usual layout (``-netdev bridge,br=br0``, or a tap the management
 stack enslaves) where the host is a switch between VMs. :class:`BridgePeer` puts a station
-on one port: a thread that reads the port's fd, gives each frame to :class:`~vbook.backends.loopback_net.HostStack` (the same
-Python model of Linux's answers the loopback uses) and writes the answers back. A guest
-on another port then talks to it *through the kernel's bridge*: the multicast NS flooded
-(``br_flood``), the unicast frames forwarded to the port each MAC was learned on
-(``br_fdb_update``, ``br_forward``).
+on one port: a thread that reads the port's fd, gives each frame to
+:class:`~vbook.backends.loopback_net.HostStack` (the same Python model of Linux's answers
+the loopback uses) and writes the answers back. A guest on another port then talks to it
+*through the kernel's bridge*: the multicast NS flooded (``br_flood``), the unicast frames
+forwarded to the port each MAC was learned on (``br_fdb_update``, ``br_forward``).
 
 The peer answers from a thread, so its answers come in their own time: a run against it is
 not deterministic the way a loopback run is (the guest polls until they come).
