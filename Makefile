@@ -36,7 +36,7 @@ chapters: $(STAMP)
 site: $(STAMP)
 	$(PY) tools/build_site.py site
 
-## make lab-test: the widgets in a real JupyterLab with live kernels (opt-in: ~40-80 s)
+## make lab-test: the widgets in a real JupyterLab with live kernels (opt-in: ~60-90 s)
 lab-test: $(STAMP)
 	VBOOK_LAB_TESTS=1 $(VENV)/bin/pytest -q tests/test_jupyterlab_live.py -p no:cacheprovider
 

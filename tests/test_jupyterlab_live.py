@@ -1,8 +1,9 @@
 """The widgets in a real, running JupyterLab with a live kernel — as a reader meets them.
 
 Every other widget test renders a static page; this one starts ``jupyter lab`` (this
-venv's) on a temp copy of chapters/, opens chapters 07, 05 and 06 in Debian's chromium,
-runs all cells through the menus, and then:
+venv's) on a temp copy of chapters/, opens chapters 07, 05, 06, 08 and 09 in Debian's
+chromium, runs all cells through the menus (08's and 09's tap cells included: they use a
+real tap where they can, and say why not elsewhere), and then:
 
 * 07: the Walk2dGrid draws its 24 cells; step forward and play light them in order
   ("reference k of 24"), and the kernel's widget hears the step;
@@ -10,9 +11,17 @@ runs all cells through the menus, and then:
   Python walk again → "#PF, error code 0x7", reset goes back; the ShadowSyncView steps to
   the first ``pf_fixed``;
 * 06: the EPT WalkView: R of the PTE flipped (-wx) → EPT misconfiguration;
+* 08: the PacketFlowView draws its five lanes; the player's ▶ moves the marker and, past
+  the first VM exit, the "so far" count of VM exits (0 → 1); the pane's own "step by"
+  menu steps by VM exit, then through RX 1's journey until the frame is in the guest's
+  ring; the kernel's widget has the same step and counts the same (``counters_at``);
+* 09: the RingView draws two queue cards (rx, tx), with no ring at first; a click in the
+  events list jumps to DRIVER_OK, ▶ until rx's avail idx is 4, on until QEMU fills the
+  first rx used entry and publishes it; the kernel's ``RingView.step`` and
+  ``state_at(step)`` say what the cards show;
 * no uncaught page error and no console error from a widget module.
 
-35–75 s here (one JupyterLab server, one page load, three kernels; the spread is the
+60–90 s here (one JupyterLab server, one page load, five kernels; the spread is the
 machine's load). Opt-in, because ``make test`` runs the suite twice and this needs a
 browser and a server: run it with ``make lab-test`` (``VBOOK_LAB_TESTS=1 pytest
 tests/test_jupyterlab_live.py``) or ``pytest -m lab``, or for a human-readable account
@@ -45,7 +54,7 @@ def _selected_by_marker(config) -> bool:
 @pytest.fixture(scope="module")
 def browser(request):
     if os.environ.get("VBOOK_LAB_TESTS") != "1" and not _selected_by_marker(request.config):
-        pytest.skip("opt-in (35-75 s, a JupyterLab server and chromium): set VBOOK_LAB_TESTS=1 "
+        pytest.skip("opt-in (60-90 s, a JupyterLab server and chromium): set VBOOK_LAB_TESTS=1 "
                     "or select it with -m lab")
     t0 = time.monotonic()
     with running_lab(list(CHECKS)) as lab, lab_browser(lab) as b:
@@ -108,4 +117,4 @@ def test_no_widget_errors_and_nothing_left_127_0_0_1(browser):
     # JupyterLab itself asks for nothing outside (news and update checks are off)
     assert browser.refused == []
     elapsed = time.monotonic() - browser.started
-    print(f"lab up + three chapters: {elapsed:.1f} s")
+    print(f"lab up + {len(CHECKS)} chapters: {elapsed:.1f} s")

@@ -1,6 +1,6 @@
 """Open the widget chapters in a real JupyterLab with a live kernel and say what a reader sees.
 
-    .venv/bin/python tools/lab_smoke.py                 # chapters 07, 05, 06
+    .venv/bin/python tools/lab_smoke.py                 # chapters 07, 05, 06, 08, 09
     .venv/bin/python tools/lab_smoke.py 05_shadow_paging.ipynb --shots /tmp/vbook-lab
 
 The same checks as tests/test_jupyterlab_live.py (tests/_lab.py): start ``jupyter lab``
