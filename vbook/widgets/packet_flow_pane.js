@@ -281,7 +281,10 @@ function flowPane(ctx) {
       const hdr = fr.hdr ? ` (a ${fr.hdr}-byte virtio-net header, then the frame)` : "";
       frameHex.textContent = `${fr.len} bytes${hdr}: ${spacedHex(fr.hex)}${more}`;
     } else if (j) {
-      frameText.textContent = `in flight: ${j.frame.text}`;
+      const where = j.dir === "rx" && j.fate === "delivered" && step >= j.delivered
+        ? "in the guest's ring"
+        : j.dir === "tx" && step >= j.tap ? "on the tap" : "in flight";
+      frameText.textContent = `${where}: ${j.frame.text}`;
       frameText.classList.add("carried");
       frameHex.textContent = "";
     } else {
