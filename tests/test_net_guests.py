@@ -322,3 +322,19 @@ def test_vbook_net_loopback_forces_the_fallback(monkeypatch):
     monkeypatch.setenv("VBOOK_NET", "loopback")
     r = net_run.run_ping("e1000", "unicorn" if not available()["unicorn"] else "auto", "tap")
     assert r.net == "loopback" and r.why_not_tap == "VBOOK_NET=loopback"
+
+
+def test_journey_follows_one_frame_through_qemu():
+    r = _ping("e1000", "unicorn")
+    tx = net_run.journey(r.trace, "tap_receive_iov", "set_ics",
+                         {"address_space_rw", "start_xmit", "pci_dma_read", "tap_receive_iov",
+                          "set_ics"}, back_to="address_space_rw")
+    assert [f for f, _, _ in tx] == ["address_space_rw", "start_xmit", "pci_dma_read",
+                                     "tap_receive_iov", "start_xmit", "set_ics"]   # "done, TDH = 1"
+    assert {t for _, t, _ in tx} == {"CPU 0/KVM"}              # all inside the doorbell's exit
+    rx = net_run.journey(r.trace, "tap_send", "set_ics", {"tap_send", "e1000_receive_iov"})
+    assert [(f, t) for f, t, _ in rx] == [("tap_send", "main"), ("e1000_receive_iov", "main")]
+    with pytest.raises(VbookError, match="no virtio_irq event"):
+        net_run.journey(r.trace, "virtio_irq", "set_ics", set())
+    with pytest.raises(VbookError, match="no bogus event before"):
+        net_run.journey(r.trace, "tap_send", "set_ics", set(), back_to="bogus")

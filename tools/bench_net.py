@@ -18,18 +18,19 @@ import time
 ROUNDS = 5
 
 
-def _ring(num: int = 256, chains: int = 4096):
+def _ring(num: int):
+    """Fresh guest memory and a ring of ``num`` entries at 0x10000 in it."""
     from vbook.memory import GuestMemory
-    from vbook.models.vring import Device, Driver, Layout
+    from vbook.models.vring import Layout
 
-    mem = GuestMemory(1 << 20, record=False)
-    lay = Layout(num, 0x10000)
-    return mem, lay, Driver, Device, chains
+    return GuestMemory(1 << 20, record=False), Layout(num, 0x10000)
 
 
 def ring_pop_push(num: int = 256, chains: int = 4096) -> float:
     """pops + pushes per second through the model (one pop and one push per chain)."""
-    mem, lay, Driver, Device, chains = _ring(num, chains)
+    from vbook.models.vring import Device, Driver
+
+    mem, lay = _ring(num)
     drv, dev = Driver(mem, lay), Device(mem, lay)
     done, spent = 0, 0.0
     while done < chains:
@@ -48,7 +49,9 @@ def ring_pop_push(num: int = 256, chains: int = 4096) -> float:
 def ring_bare(num: int = 256, chains: int = 4096) -> float:
     """The same reads and writes with struct only: avail idx and ring entry, the 16-byte
     descriptor, then used elem and used idx — no checks, no trace, no chain object."""
-    mem, lay, Driver, Device, chains = _ring(num, chains)
+    from vbook.models.vring import Driver
+
+    mem, lay = _ring(num)
     drv = Driver(mem, lay)
     buf = mem.buf
     u16, desc, elem = struct.Struct("<H"), struct.Struct("<QIHH"), struct.Struct("<II")

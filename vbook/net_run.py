@@ -220,6 +220,34 @@ def run_ping(nic: str = "virtio-net", backend: str = "auto", net: str = "tap",
                   delivered=_frames(result.trace, "tap_send"))
 
 
+def journey(trace: Trace, first: str, last: str, keep: Iterable[str],
+            back_to: str | None = None) -> list[tuple[str, str, str]]:
+    """One frame's way through QEMU, as (function, thread, label) per step: the events from
+    the first ``first`` event (or, with ``back_to``, from the last ``back_to`` before it) up
+    to the next ``last``, keeping the functions in ``keep`` and one line per run of the same
+    function. Raises :class:`~vbook.errors.VbookError` when ``first`` or ``last`` is not there."""
+    evs = trace.events
+    fns = [ev.data.get("fn") for ev in evs]
+    keep = set(keep)
+    if first not in fns:
+        raise VbookError(f"no {first} event in the trace")
+    i = fns.index(first)
+    if back_to is not None:
+        before = [k for k in range(i) if fns[k] == back_to]
+        if not before:
+            raise VbookError(f"no {back_to} event before the first {first}")
+        i = before[-1]
+    if last not in fns[i:]:
+        raise VbookError(f"no {last} event after the first {first}")
+    j = fns.index(last, i)
+    out: list[tuple[str, str, str]] = []
+    for ev in evs[i:j + 1]:
+        f = ev.data.get("fn")
+        if f in keep and not (out and out[-1][0] == f):
+            out.append((f, str(ev.data.get("thread", "")), ev.label))
+    return out
+
+
 def compare(backend: str = "auto", net: str = "loopback") -> list[NetRun]:
     """The three configurations of the comparison: e1000, virtio-net without and with
     EVENT_IDX — each run once, the same frames, the same host end kind."""
@@ -233,5 +261,5 @@ def table(runs: Iterable[NetRun]) -> list[dict[str, Any]]:
     return [r.counts.row() for r in runs]
 
 
-__all__ = ["COUNT_FIELDS", "NICS", "NetRun", "PacketCounts", "compare", "counts", "run_ping",
+__all__ = ["COUNT_FIELDS", "NICS", "NetRun", "PacketCounts", "compare", "counts", "journey", "run_ping",
            "shown", "table"]

@@ -183,7 +183,7 @@ class NetClientState:
         self.ctx.emit(actor, kind, label, fn=fn, file=file, client=self.name, **data)
 
 
-def _frame_data(buf: bytes, hdr_len: int = 0) -> dict[str, Any]:
+def frame_data(buf: bytes, hdr_len: int = 0) -> dict[str, Any]:
     """``len`` (bytes through the fd) and ``frame`` (hex); with a vnet header in front,
     ``frame`` is what follows it and ``vnet_hdr`` the header."""
     if hdr_len:
@@ -199,7 +199,7 @@ def _vnet_hdr_len(nc: NetClientState | None) -> int:
     return 0
 
 
-def _link_hdr_len(a: NetClientState | None, b: NetClientState | None) -> int:
+def link_hdr_len(a: NetClientState | None, b: NetClientState | None) -> int:
     """The vnet header a buffer between ``a`` and ``b`` carries: the tap end's, if it uses one."""
     return max(_vnet_hdr_len(a), _vnet_hdr_len(b))
 
@@ -297,16 +297,16 @@ def qemu_deliver_packet_iov(sender: NetClientState | None, buf: bytes,
     """net/net.c: hand ``buf`` to ``nc``'s ``receive``; a 0 return disables receiving."""
     if nc.link_down:
         nc.emit("qemu", "net", f"qemu_deliver_packet_iov: {nc.name} link is down, frame dropped",
-                "qemu_deliver_packet_iov", **_frame_data(buf))
+                "qemu_deliver_packet_iov", **frame_data(buf))
         return len(buf)
     if nc.receive_disabled:
         return 0
     nc.ctx.stack.append("qemu_deliver_packet_iov")
-    hl = _link_hdr_len(sender, nc)
+    hl = link_hdr_len(sender, nc)
     try:
         nc.emit("qemu", "net", f"qemu_deliver_packet_iov → {nc.info.receive_name}({nc.name}, "
                 f"{_what(buf, hl)})", "qemu_deliver_packet_iov", receiver=nc.name,
-                sender=sender.name if sender else None, **_frame_data(buf, hl))
+                sender=sender.name if sender else None, **frame_data(buf, hl))
         ret = nc.info.receive(nc, buf)
     finally:
         nc.ctx.stack.pop()
@@ -322,12 +322,12 @@ def qemu_net_queue_append(queue: NetQueue, sender: NetClientState | None, buf: b
     if queue.nq_count >= queue.nq_maxlen and sent_cb is None:
         nc.emit("qemu", "net", f"qemu_net_queue_append: {nc.name}'s queue is full "
                 f"({queue.nq_maxlen}): frame dropped", "qemu_net_queue_append", QUEUE_FILE,
-                queued=queue.nq_count, dropped=True, **_frame_data(buf))
+                queued=queue.nq_count, dropped=True, **frame_data(buf))
         return
     queue.packets.append(NetPacket(sender, bytes(buf), sent_cb))
     nc.emit("qemu", "net", f"qemu_net_queue_append: {nc.name} cannot receive now; frame queued "
             f"({queue.nq_count} waiting)", "qemu_net_queue_append", QUEUE_FILE,
-            queued=queue.nq_count, dropped=False, **_frame_data(buf))
+            queued=queue.nq_count, dropped=False, **frame_data(buf))
 
 
 def qemu_net_queue_deliver(queue: NetQueue, sender: NetClientState | None, buf: bytes) -> int:
@@ -388,7 +388,7 @@ def qemu_send_packet_async(sender: NetClientState, buf: bytes,
     if sender.link_down or sender.peer is None:
         sender.emit("qemu", "net", f"qemu_send_packet_async({sender.name}): "
                     f"{'link down' if sender.link_down else 'no peer'}, frame dropped",
-                    "qemu_send_packet_async", **_frame_data(buf))
+                    "qemu_send_packet_async", **frame_data(buf))
         return len(buf)
     sender.ctx.stack.append("qemu_send_packet_async")
     try:
@@ -400,9 +400,9 @@ def qemu_send_packet_async(sender: NetClientState, buf: bytes,
 def qemu_send_packet(nc: NetClientState, buf: bytes) -> int:
     """net/net.c: ``qemu_send_packet_async`` without a completion callback."""
     peer = nc.peer.name if nc.peer is not None else None
-    hl = _link_hdr_len(nc, nc.peer)
+    hl = link_hdr_len(nc, nc.peer)
     nc.emit("qemu", "net", f"qemu_send_packet({nc.name} → {peer}, {_what(buf, hl)})",
-            "qemu_send_packet", sender=nc.name, receiver=peer, **_frame_data(buf, hl))
+            "qemu_send_packet", sender=nc.name, receiver=peer, **frame_data(buf, hl))
     nc.ctx.stack.append("qemu_send_packet")
     try:
         return qemu_send_packet_async(nc, buf, None)
@@ -443,7 +443,7 @@ def tap_receive_iov(nc: NetClientState, buf: bytes) -> int:
     """
     hl = _vnet_hdr_len(nc)
     nc.emit("host", "net", f"tap_receive_iov: {type(nc.backend).__name__}.send({_what(buf, hl)})",
-            "tap_receive_iov", TAP_FILE, **_frame_data(buf, hl))
+            "tap_receive_iov", TAP_FILE, **frame_data(buf, hl))
     write_raw = getattr(nc.backend, "write_raw", None)
     if nc.using_vnet_hdr and write_raw is not None:
         write_raw(bytes(buf))
@@ -507,11 +507,11 @@ def net_backend_poll(nc: NetClientState, timeout: float = 0.0,
             hl = _vnet_hdr_len(nc)
             nc.emit("host", "net", f"tap_send: {type(nc.backend).__name__}.recv() gave "
                     f"{_what(frame, hl)}",
-                    "tap_send", TAP_FILE, **_frame_data(frame, hl))
+                    "tap_send", TAP_FILE, **frame_data(frame, hl))
             if net_peer_needs_padding(nc) and len(frame) < ETH_ZLEN:
                 padded = eth_pad_short_frame(frame)
                 nc.emit("qemu", "net", f"eth_pad_short_frame: {len(frame)} → {ETH_ZLEN} bytes",
-                        "eth_pad_short_frame", "net/eth.c", **_frame_data(padded))
+                        "eth_pad_short_frame", "net/eth.c", **frame_data(padded))
                 frame = padded
             packets += 1
             size = qemu_send_packet_async(nc, frame, _tap_send_completed)
@@ -537,5 +537,5 @@ __all__ = [
     "qemu_flush_queued_packets", "qemu_get_nic_opaque", "qemu_macaddr_default_if_unset",
     "qemu_net_queue_flush", "qemu_net_queue_send", "qemu_new_net_client", "qemu_new_nic",
     "qemu_receive_packet", "qemu_send_packet", "qemu_send_packet_async", "qemu_set_link",
-    "tap_receive_iov", "tap_set_vnet_hdr_len",
+    "frame_data", "link_hdr_len", "tap_receive_iov", "tap_set_vnet_hdr_len",
 ]

@@ -728,12 +728,10 @@ def qemu_sendv_packet_async(n: VirtIONet, packet: bytes) -> int:
     nc = n.nic
     assert nc is not None
     peer = nc.peer.name if nc.peer is not None else None
-    hl = n.host_hdr_len if nc.peer is not None and nc.peer.using_vnet_hdr else 0
-    extra = {"vnet_hdr": packet[:hl].hex()} if hl else {}
+    hl = net.link_hdr_len(nc, nc.peer)
     nc.emit("qemu", "net", f"qemu_sendv_packet_async({nc.name} → {peer}, {len(packet)} bytes"
             + (f": a {hl}-byte vnet header and the frame)" if hl else ")"),
-            "qemu_sendv_packet_async", sender=nc.name, receiver=peer, len=len(packet),
-            frame=packet[hl:].hex(), **extra)
+            "qemu_sendv_packet_async", sender=nc.name, receiver=peer, **net.frame_data(packet, hl))
     with _fn(n, "qemu_sendv_packet_async"):
         return net.qemu_send_packet_async(nc, packet, virtio_net_tx_complete)
 
