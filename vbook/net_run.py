@@ -42,6 +42,7 @@ from vbook.guests import e1000_ping, net_ping, virtio_net_ping
 from vbook.guests.base import Guest
 from vbook.guests.ports import TESTDEV_PORT
 from vbook.models import run_loop
+from vbook.net_trace import TAP_FNS, copied_bytes, tap_bytes
 from vbook.trace import Trace, TraceRecorder
 
 #: the NICs :func:`run_ping` knows: name -> (guest, QEMU -device model, uses vnet headers)
@@ -117,13 +118,13 @@ class NetRun:
                 f"out, {len(self.delivered)} in, {c.vm_exits} exits in the data phase)")
 
 
-def _data(ev: Any) -> dict[str, Any]:
-    return ev.data
+def _is_show(x: Any) -> bool:
+    """An exit the guest makes only to show a value (``out`` to the pc-testdev latch)."""
+    return x.io is not None and x.io.port == TESTDEV_PORT
 
 
 def counts(result: run_loop.LoopResult, nic: str, net: str = "?") -> PacketCounts:
     """The :class:`PacketCounts` of a finished driver run, from its trace and its exits."""
-    exits = list(result.exits)
     # each event with the exit being handled while it was recorded (-1: before the first)
     at: list[tuple[int, Any]] = []
     n_exit = -1
@@ -133,46 +134,37 @@ def counts(result: run_loop.LoopResult, nic: str, net: str = "?") -> PacketCount
         else:
             at.append((n_exit, ev))
     start = next((i for i, ev in at if ev.data.get("fn") == "tap_receive_iov"), None)
-    packets = interrupts = copied = tap = 0
-    doorbell_exits: set[int] = set()
-    for i, ev in at:
-        d = _data(ev)
-        fn = d.get("fn")
-        if start is None or i < start:
-            continue
-        if fn == "tap_receive_iov":
-            packets += 1
-            tap += int(d.get("len", 0))
-            doorbell_exits.add(i)
-        elif fn == "tap_send":
-            packets += 1
-            tap += int(d.get("len", 0))
-        elif fn in ("virtio_irq", "set_ics"):
-            interrupts += 1
-        elif fn in ("pci_dma_read", "pci_dma_write") and "buffer" in str(d.get("what", "")):
-            copied += int(d.get("len", 0))
-        elif fn == "virtio_net_receive_rcu":
-            copied += sum(int(n) for n in d.get("lens", ())) or int(d.get("len", 0))
     if start is None:
         raise VbookError(f"{result.guest} sent no frame: there is no data phase to count "
                          f"(the run ended: {result.end.value}, {result.detail})")
-    data = [(i, x) for i, x in enumerate(exits) if i >= start
-            and not (x.io is not None and x.io.port == TESTDEV_PORT)
-            and x.reason.name != "HLT"]
-    setup = [x for x in exits[:start] if not (x.io is not None and x.io.port == TESTDEV_PORT)]
-    mmio = sum(1 for _, x in data if x.mmio is not None)
-    pio = sum(1 for _, x in data if x.io is not None)
-    # the doorbells: the exits during which a frame went out (the TX path runs from them)
+    packets = interrupts = copied = tap = 0
+    doorbell_exits: set[int] = set()           # the exits from which a frame went out
+    for i, ev in at:
+        if i < start:                          # the bring-up
+            continue
+        fn = ev.data.get("fn")
+        if fn in TAP_FNS:
+            packets += 1
+            if fn == "tap_receive_iov":
+                doorbell_exits.add(i)
+        elif fn in ("virtio_irq", "set_ics"):
+            interrupts += 1
+        tap += tap_bytes(ev)
+        copied += copied_bytes(ev)
+    exits = list(result.exits)
+    data = [x for x in exits[start:] if not _is_show(x) and x.reason.name != "HLT"]
+    setup = [x for x in exits[:start] if not _is_show(x)]
     return PacketCounts(nic=nic, backend=result.backend, net=net, packets=packets,
-                        vm_exits=len(data), user_exits=len(data), mmio_exits=mmio,
-                        pio_exits=pio, doorbells=len(doorbell_exits), interrupts=interrupts,
+                        vm_exits=len(data), user_exits=len(data),
+                        mmio_exits=sum(1 for x in data if x.mmio is not None),
+                        pio_exits=sum(1 for x in data if x.io is not None),
+                        doorbells=len(doorbell_exits), interrupts=interrupts,
                         bytes_copied=copied, tap_bytes=tap, setup_exits=len(setup))
 
 
 def shown(result: run_loop.LoopResult) -> list[int]:
     """The values the guest wrote to the pc-testdev latch (port 0xE0), in order."""
-    return [int.from_bytes(x.io.data, "little") for x in result.exits
-            if x.io is not None and x.io.port == TESTDEV_PORT]
+    return [int.from_bytes(x.io.data, "little") for x in result.exits if _is_show(x)]
 
 
 def _frames(trace: Trace, fn: str) -> list[bytes]:

@@ -36,6 +36,7 @@ import traitlets
 
 from vbook.errors import TraceError, VbookError
 from vbook.models.kvm_api import ExitReason
+from vbook.net_trace import copied_bytes, tap_bytes
 from vbook.trace import Event, Trace, TraceRecorder
 from vbook.widgets.player import CSS, as_trace, esm_with
 from vbook.widgets.run_loop import _RunPlayer
@@ -335,22 +336,6 @@ def _frames(events: Sequence[Event], journeys: list[dict[str, Any]]) -> dict[str
     return out
 
 
-def _copied(ev: Event) -> int:
-    """Frame bytes QEMU copied between guest memory and its own buffers in this event: the
-    e1000's ``pci_dma_read`` / ``pci_dma_write`` of a packet buffer (not of a descriptor),
-    virtio-net's copy of a received frame (and its header) into the guest's buffers. Its TX
-    copies nothing: the iovecs it gives the tap point into guest memory. The same rule as
-    :func:`vbook.net_run.counts`."""
-    d = ev.data
-    fn = d.get("fn")
-    if ev.actor == "qemu" and fn in ("pci_dma_read", "pci_dma_write") \
-            and "buffer" in str(d.get("what", "")):
-        return int(d.get("len", 0))
-    if ev.actor == "device" and fn == "virtio_net_receive_rcu":
-        return sum(int(n) for n in d.get("lens", ())) or int(d.get("len", 0))
-    return 0
-
-
 def _counters(events: Sequence[Event], journeys: list[dict[str, Any]]) -> dict[str, list[list[int]]]:
     """Each counter as ``[[event index, value], …]`` at the events where it changes (a value
     holds from its event on, that event included)."""
@@ -373,10 +358,8 @@ def _counters(events: Sequence[Event], journeys: list[dict[str, Any]]) -> dict[s
                     cur["mmio_exits"] += 1
         if _is_host(ev, "tap_receive_iov"):
             cur["tx_frames"] += 1
-        if ev.actor == "host" and d.get("fn") in ("tap_receive_iov", "tap_send") \
-                and isinstance(d.get("len"), int):
-            cur["tap_bytes"] += d["len"]
-        cur["bytes_copied"] += _copied(ev)
+        cur["tap_bytes"] += tap_bytes(ev)
+        cur["bytes_copied"] += copied_bytes(ev)
         if i in delivered:
             cur["rx_frames"] += 1
         cur["bytes_moved"] = cur["tap_bytes"] + cur["bytes_copied"]
